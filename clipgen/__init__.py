@@ -1,0 +1,1 @@
+"""video-generator core: models, catalog, planning, media, providers and stores. No Prefect here."""

@@ -1,0 +1,82 @@
+"""Typed errors. Retry policy reads the type, never the message.
+
+    VideoGeneratorError
+    ├── ValidationError            bad job or options; refused before any paid call (CLI exit 2)
+    ├── MediaError                 a file is not a readable video or image
+    └── GenerationError            one clip attempt failed
+        ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
+        │   │                      a clip shorter than the acceptance rule
+        │   └── ClipTooShort
+        └── PermanentError         another attempt would fail the same way: invalid input,
+            │                      content rejected, unsupported setting
+            ├── ContentRejected
+            └── ClipShapeMismatch
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class VideoGeneratorError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input: where (`field`, a dotted path) and what."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ValidationError(VideoGeneratorError, ValueError):
+    """The job or its options cannot be run as given. Raised before any clip task runs."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        if not problems:
+            raise ValueError("ValidationError needs at least one problem")
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+    @classmethod
+    def one(cls, field: str, message: str) -> ValidationError:
+        return cls([Problem(field, message)])
+
+
+class MediaError(VideoGeneratorError):
+    """A file could not be decoded as the video or image it should be."""
+
+
+class GenerationError(VideoGeneratorError):
+    """A clip attempt failed. `attempt` is set by the pipeline (1-based) before it propagates."""
+
+    attempt: int = 0
+
+
+class TransientError(GenerationError):
+    """Worth another attempt: the same request may well succeed later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        # Seconds the service asked us to wait (429 reset hint), when it said.
+        self.retry_after = retry_after
+
+
+class PermanentError(GenerationError):
+    """Another attempt would fail the same way; retrying only spends money."""
+
+
+class ClipTooShort(TransientError):
+    """The probed duration is below the acceptance rule (target - 2 s)."""
+
+
+class ContentRejected(PermanentError):
+    """The model or its safety filter refused the prompt or an image."""
+
+
+class ClipShapeMismatch(PermanentError):
+    """The clip's frame shape is not the aspect ratio that was asked for."""

@@ -1,0 +1,111 @@
+"""The ClipStore protocol, its records and the storage layout shared by every store."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+VIDEO_BUCKET = "video-clips"
+THUMBNAIL_BUCKET = "clip-thumbnails"
+BUCKETS = (VIDEO_BUCKET, THUMBNAIL_BUCKET)
+
+ClipStatus = Literal["running", "success", "failed"]
+
+
+def clip_object_path(job_id: UUID, clip_index: int) -> str:
+    """Deterministic, so a retried upload overwrites instead of duplicating."""
+    return f"{job_id}/clip_{clip_index}.mp4"
+
+
+def thumbnail_object_path(job_id: UUID, clip_index: int) -> str:
+    return f"{job_id}/clip_{clip_index}_thumbnail.jpg"
+
+
+class StoredObject(BaseModel):
+    """Where an uploaded file lives, and a link to read it."""
+
+    bucket: str
+    path: str = Field(description="Path inside the bucket; kept so a link can be re-signed later.")
+    url: str = Field(description="A link to read the object (signed for private buckets).")
+
+
+class ClipRecord(BaseModel):
+    """One row of `clips`: the latest known state of one clip of one job."""
+
+    job_id: UUID
+    clip_index: int
+    status: ClipStatus
+    model: str
+    prediction_id: str | None = None
+    attempts: int = 0
+    requested_duration: float | None = Field(None, description="Duration asked of the model (buffered).")
+    target_duration: float | None = Field(None, description="The prompt's target, before the buffer.")
+    actual_duration: float | None = Field(None, description="Probed from the delivered file.")
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    video_path: str | None = Field(None, description="Object path in the video bucket.")
+    cost: float = 0.0
+    error: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class ThumbnailRecord(BaseModel):
+    """One row of `clip_thumbnails`."""
+
+    job_id: UUID
+    clip_index: int
+    thumbnail_path: str = Field(description="Object path in the thumbnail bucket.")
+    thumbnail_url: str
+    created_at: datetime | None = None
+
+
+class StoredEvent(BaseModel):
+    """One row of `job_events`: the replayable progress log. `id` increases with every append."""
+
+    id: int
+    job_id: UUID
+    event: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class ClipStore(Protocol):
+    """Files in two private buckets plus three tables. Every write is safe to repeat."""
+
+    def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
+        """Copy `source` into the bucket at `path`, replacing what is there. Never leaves half a file."""
+        ...
+
+    def signed_url(self, bucket: str, path: str) -> str:
+        """A fresh link to read an object."""
+        ...
+
+    def upsert_clip(self, record: ClipRecord) -> None:
+        """Insert or replace the row for (job_id, clip_index); created_at is kept from the first write."""
+        ...
+
+    def upsert_thumbnail(self, record: ThumbnailRecord) -> None:
+        """Insert or replace the row for (job_id, clip_index)."""
+        ...
+
+    def append_event(self, job_id: UUID, event: str, data: dict[str, Any]) -> int:
+        """Append to the job's progress log and return the new event's id."""
+        ...
+
+    def events(self, job_id: UUID, after: int = 0) -> list[StoredEvent]:
+        """The job's events with id > `after`, oldest first."""
+        ...
+
+    def clip_records(self, job_id: UUID) -> list[ClipRecord]:
+        """The job's clip rows, by clip_index."""
+        ...
+
+    def thumbnail_records(self, job_id: UUID) -> list[ThumbnailRecord]:
+        """The job's thumbnail rows, by clip_index."""
+        ...
