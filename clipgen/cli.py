@@ -1,0 +1,205 @@
+"""The `video-generator` command.
+
+    video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
+                                 [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+
+Exit codes: 0 the flow completed, 1 it failed, 2 the input was refused (before any paid call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pydantic
+
+from clipgen import events
+from clipgen.backends import known_providers, known_stores, open_backends
+from clipgen.catalog import MODELS
+from clipgen.errors import ValidationError
+from clipgen.job import Clips, ClipPrompts, GenerationOptions
+from clipgen.planning import JobPlan, plan_job, pydantic_problems
+from clipgen.references import resolve_reference
+from clipgen.settings import Settings
+from clipgen.stores.base import ClipStore
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+POLL_S = 0.2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.command(args))
+    except ValidationError as exc:
+        print(f"video-generator: refused, nothing was generated:\n{_indent(str(exc))}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="video-generator", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="generate the clips of one job")
+    run.add_argument("job", type=Path, metavar="JOB.json")
+    run.add_argument("--model", help=f"{' | '.join(MODELS)} (default kling-v2.5-turbo)")
+    run.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9; depends on the model)")
+    run.add_argument("--provider", help=f"{' | '.join(known_providers())} (env VIDEO_GENERATOR_PROVIDER)")
+    run.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
+    run.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
+    run.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
+    run.add_argument("--output", type=Path, help="write the Clips JSON here")
+    run.add_argument("--verbose", action="store_true", help="show Prefect's own logs")
+    run.set_defaults(command=_run)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    job = load_job(args.job)
+    options = _options(settings, args)
+    provider = args.provider or settings.provider
+    store_name = args.store or settings.store
+    plan = plan_job(job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir))
+    try:
+        store = open_backends(provider, store_name, settings).store
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ValidationError.one("--provider/--store", str(exc)) from exc
+
+    print(
+        f"job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
+        f"provider {provider} · store {store_name} · estimate ${plan.estimated_cost:.2f}"
+    )
+    if not args.verbose:
+        # Before Prefect is imported: its INFO logs would drown the progress lines.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from flows.video_generator import generate_video_clips
+
+    already = max((event.id for event in store.events(plan.job_id)), default=0)
+    stop = threading.Event()
+    printer = threading.Thread(target=_print_progress, args=(store, plan, already, stop), daemon=True)
+    printer.start()
+    try:
+        state = generate_video_clips(job, options, provider, store_name, return_state=True)
+    finally:
+        stop.set()
+        printer.join()
+
+    result = state.result(raise_on_failure=False)
+    if not isinstance(result, Clips):
+        print(f"failed: {state.message or result}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(result.model_dump_json(indent=2))
+    _print_summary(result, state.is_completed(), state.message or "", args.output)
+    return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def load_job(path: Path) -> ClipPrompts:
+    """Read a job file; relative image paths in it are taken relative to the file."""
+    try:
+        raw = json.loads(path.read_text())
+    except OSError as exc:
+        raise ValidationError.one("JOB.json", f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ValidationError.one("JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("clip_prompts"), list):
+        for prompt in raw["clip_prompts"]:
+            if isinstance(prompt, dict):
+                _anchor_paths(prompt, path.resolve().parent)
+    try:
+        return ClipPrompts.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(pydantic_problems(exc)) from exc
+
+
+def _anchor_paths(prompt: dict[str, Any], base: Path) -> None:
+    def anchor(ref: Any) -> Any:
+        if isinstance(ref, str) and ref and not urlsplit(ref).scheme and not Path(ref).is_absolute():
+            return str(base / ref)
+        return ref
+
+    prompt["scene_reference_url"] = anchor(prompt.get("scene_reference_url"))
+    for key in ("character_reference_urls", "object_reference_urls"):
+        if isinstance(prompt.get(key), list):
+            prompt[key] = [anchor(ref) for ref in prompt[key]]
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        raise ValidationError(pydantic_problems(exc)) from exc
+
+
+def _options(settings: Settings, args: argparse.Namespace) -> GenerationOptions:
+    flags = {
+        "model": args.model,
+        "aspect_ratio": args.aspect_ratio,
+        "concurrency": args.concurrency,
+        "min_success": args.min_success,
+    }
+    base = settings.default_options().model_dump()
+    try:
+        return GenerationOptions.model_validate(base | {k: v for k, v in flags.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        raise ValidationError(pydantic_problems(exc, prefix="options")) from exc
+
+
+def _print_progress(store: ClipStore, plan: JobPlan, after: int, stop: threading.Event) -> None:
+    while True:
+        finished = stop.is_set()
+        for event in store.events(plan.job_id, after=after):
+            after = event.id
+            line = _describe(event.event, event.data)
+            if line:
+                print(line, flush=True)
+        if finished:
+            return
+        stop.wait(POLL_S)
+
+
+def _describe(name: str, data: dict[str, Any]) -> str | None:
+    if name == events.PROGRESS:
+        done = f"[{data['completed'] + data['failed']}/{data['total']}]"
+        if data["status"] == "success":
+            return f"  {done} clip {data['clip_index']} ok: {data['actual_duration']:.2f} s"
+        return f"  {done} clip {data['clip_index']} FAILED: {data.get('error')}"
+    if name == events.RETRY:
+        return (
+            f"  clip {data['clip_index']}: attempt {data['attempt']} failed ({data['error']}); "
+            f"retrying in ~{data['delay_seconds']:.0f} s"
+        )
+    return None
+
+
+def _print_summary(result: Clips, completed: bool, message: str, output: Path | None) -> None:
+    print(f"{'Completed' if completed else 'Failed'}: {message}")
+    for clip in result.clips:
+        if clip.status == "success":
+            print(
+                f"  clip {clip.clip_index}: {clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s, "
+                f"asked {clip.target_duration:g} s) {clip.width}x{clip.height} ${clip.cost:.2f}  {clip.video_url}"
+            )
+        else:
+            print(f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}")
+    print(f"  total ${result.total_cost:.2f} in {result.total_generation_time:.1f} s")
+    if output:
+        print(f"  result written to {output}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"  {line}" for line in text.splitlines())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

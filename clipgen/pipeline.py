@@ -1,0 +1,277 @@
+"""The steps the flow orchestrates, as plain functions: one clip attempt, one thumbnail, the job's log.
+
+A generated file is kept in the job's work directory, with a sidecar naming the plan it was made for, until
+it is stored. A later attempt (a retry after a failed upload, a rerun of the job) reuses it instead of paying
+for a new generation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from clipgen import events
+from clipgen.errors import GenerationError, MediaError, TransientError
+from clipgen.job import Clip, Clips
+from clipgen.media import VideoInfo, make_thumbnail, probe
+from clipgen.planning import ClipPlan, JobPlan, check_delivered
+from clipgen.providers.base import Generation, VideoProvider
+from clipgen.stores.base import (
+    THUMBNAIL_BUCKET,
+    VIDEO_BUCKET,
+    ClipRecord,
+    ClipStore,
+    ThumbnailRecord,
+    clip_object_path,
+    thumbnail_object_path,
+)
+
+ERRORS_IN_SUMMARY = 3
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which attempt this is (1-based), how many there may be, and the delay before the next one."""
+
+    number: int
+    of: int
+    next_delay_s: float = 0.0
+
+    def retries_after(self, exc: BaseException) -> bool:
+        return isinstance(exc, TransientError) and self.number < self.of
+
+
+@dataclass(frozen=True)
+class ClipFiles:
+    """Where one clip's files live while it is being produced."""
+
+    video: Path
+    sidecar: Path
+    thumbnail: Path
+
+    @classmethod
+    def of(cls, work_dir: Path, clip_index: int) -> ClipFiles:
+        return cls(
+            video=work_dir / f"clip_{clip_index}.mp4",
+            sidecar=work_dir / f"clip_{clip_index}.generation.json",
+            thumbnail=work_dir / f"clip_{clip_index}_thumbnail.jpg",
+        )
+
+    def discard(self) -> None:
+        self.sidecar.unlink(missing_ok=True)
+        self.video.unlink(missing_ok=True)
+
+
+def job_work_dir(work_root: Path, plan: JobPlan | ClipPlan) -> Path:
+    return work_root / str(plan.job_id)
+
+
+def produce_clip(
+    plan: ClipPlan,
+    provider: VideoProvider,
+    store: ClipStore,
+    work_dir: Path,
+    attempt: Attempt,
+    started_at: datetime | None = None,
+) -> Clip:
+    """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt."""
+    began = time.monotonic()
+    previous = _clip_record(store, plan)
+    spent = previous.cost if previous is not None and attempt.number > 1 else 0.0
+    record = _record(plan, status="running", attempts=attempt.number, cost=spent)
+    store.upsert_clip(record)
+    files = ClipFiles.of(work_dir, plan.clip_index)
+    try:
+        generation, fresh = _generate_or_reuse(plan, provider, files)
+        spent += generation.cost if fresh else 0.0
+        record = record.model_copy(update={"cost": spent, "prediction_id": generation.prediction_id})
+        info = _checked(plan, files)
+        try:
+            stored = store.put_object(VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4")
+        except OSError as exc:
+            # Free to retry: the paid file stays in the work directory and is reused.
+            raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
+    except Exception as exc:
+        _record_failure(store, plan, record, attempt, exc)
+        raise
+    store.upsert_clip(
+        record.model_copy(
+            update={
+                "status": "success",
+                "actual_duration": round(info.duration, 3),
+                "width": info.width,
+                "height": info.height,
+                "fps": info.fps,
+                "video_path": stored.path,
+                "error": None,
+            }
+        )
+    )
+    since = started_at.timestamp() if started_at else None
+    return Clip(
+        clip_index=plan.clip_index,
+        video_url=stored.url,
+        actual_duration=round(info.duration, 3),
+        target_duration=plan.requested_duration,
+        original_target_duration=plan.target_duration,
+        duration_diff=round(info.duration - plan.target_duration, 3),
+        status="success",
+        cost=round(spent, 4),
+        retry_count=attempt.number - 1,
+        generation_time=round(time.time() - since if since else time.monotonic() - began, 3),
+        metadata={**plan.metadata, **generation.metadata},
+        model=plan.model,
+        prediction_id=generation.prediction_id,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        storage_path=stored.path,
+    )
+
+
+def failed_clip(plan: ClipPlan, store: ClipStore, error: BaseException | None) -> Clip:
+    """The Clip for a clip whose attempts are over, from its record (attempts, money spent)."""
+    record = _clip_record(store, plan)
+    attempts = record.attempts if record else 1
+    return Clip(
+        clip_index=plan.clip_index,
+        target_duration=plan.requested_duration,
+        original_target_duration=plan.target_duration,
+        status="failed",
+        cost=record.cost if record else 0.0,
+        retry_count=max(0, attempts - 1),
+        metadata=dict(plan.metadata),
+        model=plan.model,
+        prediction_id=record.prediction_id if record else None,
+        error=_describe(error) if error else (record.error if record else "unknown error"),
+    )
+
+
+def produce_thumbnail(plan: ClipPlan, store: ClipStore, work_dir: Path) -> str:
+    """Thumbnail the clip from the local file it was made from (no re-download), store and announce it."""
+    files = ClipFiles.of(work_dir, plan.clip_index)
+    make_thumbnail(files.video, files.thumbnail)
+    path = thumbnail_object_path(plan.job_id, plan.clip_index)
+    stored = store.put_object(THUMBNAIL_BUCKET, path, files.thumbnail, "image/jpeg")
+    store.upsert_thumbnail(
+        ThumbnailRecord(job_id=plan.job_id, clip_index=plan.clip_index, thumbnail_path=path, thumbnail_url=stored.url)
+    )
+    store.append_event(plan.job_id, events.THUMBNAIL_READY, events.thumbnail_ready(plan.clip_index, stored.url))
+    return stored.url
+
+
+@dataclass(frozen=True)
+class Outcome:
+    succeeded: bool
+    message: str
+    errors: list[str]
+
+
+def decide_outcome(result: Clips, min_success: int) -> Outcome:
+    """Partial success is a normal outcome: the job succeeds with at least `min_success` clips."""
+    errors = [f"clip {c.clip_index}: {c.error}" for c in result.clips if c.status == "failed"]
+    summary = f"{result.successful_clips}/{result.total_clips} clips"
+    if result.successful_clips >= min_success:
+        return Outcome(True, summary, errors)
+    first = "; ".join(errors[:ERRORS_IN_SUMMARY]) or "none"
+    return Outcome(False, f"{summary} succeeded, {min_success} needed; first errors: {first}", errors)
+
+
+def announce_start(store: ClipStore, plan: JobPlan) -> None:
+    store.append_event(plan.job_id, events.START, events.start(plan))
+
+
+def announce_progress(store: ClipStore, plan: JobPlan, clip: Clip, tally: events.Tally) -> None:
+    tally.add(clip)
+    store.append_event(plan.job_id, events.PROGRESS, events.progress(clip, tally))
+
+
+def announce_end(store: ClipStore, plan: JobPlan, result: Clips, outcome: Outcome) -> None:
+    if outcome.succeeded:
+        store.append_event(plan.job_id, events.COMPLETE, events.complete(result))
+    else:
+        store.append_event(plan.job_id, events.FAILED, events.failed(result, plan.min_success, outcome.errors))
+
+
+def tidy_work_dir(work_dir: Path, result: Clips) -> None:
+    """Drop the local copies of stored clips; keep files of failed clips, which a rerun may still use."""
+    for clip in result.clips:
+        if clip.status == "success":
+            files = ClipFiles.of(work_dir, clip.clip_index)
+            files.discard()
+            files.thumbnail.unlink(missing_ok=True)
+    if work_dir.is_dir() and not any(work_dir.iterdir()):
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _generate_or_reuse(plan: ClipPlan, provider: VideoProvider, files: ClipFiles) -> tuple[Generation, bool]:
+    fingerprint = _fingerprint(plan)
+    if files.video.is_file() and files.sidecar.is_file():
+        kept = Generation.model_validate_json(files.sidecar.read_text())
+        if kept.metadata.get("plan_fingerprint") == fingerprint:
+            return kept, False
+        files.discard()
+    files.video.parent.mkdir(parents=True, exist_ok=True)
+    generation = provider.generate(plan, files.video)
+    generation.metadata["plan_fingerprint"] = fingerprint
+    tmp = files.sidecar.with_suffix(".tmp")
+    tmp.write_text(generation.model_dump_json())
+    tmp.replace(files.sidecar)
+    return generation, True
+
+
+def _checked(plan: ClipPlan, files: ClipFiles) -> VideoInfo:
+    """Probe the real file and apply the acceptance rule; a rejected file is dropped so a retry regenerates."""
+    try:
+        info = probe(files.video)
+        check_delivered(plan, info.duration, info.width, info.height)
+    except MediaError as exc:
+        files.discard()
+        raise TransientError(f"clip {plan.clip_index} output is not a readable video: {exc}") from exc
+    except GenerationError:
+        files.discard()
+        raise
+    return info
+
+
+def _fingerprint(plan: ClipPlan) -> str:
+    """What the file depends on; a rerun with other settings must not reuse it."""
+    keys = {"model", "prompt", "negative_prompt", "aspect_ratio", "width", "height", "requested_duration"}
+    keys |= {"scene_image", "character_images", "object_images"}
+    return hashlib.sha256(plan.model_dump_json(include=keys).encode()).hexdigest()[:16]
+
+
+def _record(plan: ClipPlan, **fields: object) -> ClipRecord:
+    return ClipRecord.model_validate(
+        {
+            "job_id": plan.job_id,
+            "clip_index": plan.clip_index,
+            "model": plan.model,
+            "requested_duration": plan.requested_duration,
+            "target_duration": plan.target_duration,
+            **fields,
+        }
+    )
+
+
+def _clip_record(store: ClipStore, plan: ClipPlan) -> ClipRecord | None:
+    return next((r for r in store.clip_records(plan.job_id) if r.clip_index == plan.clip_index), None)
+
+
+def _record_failure(store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception) -> None:
+    message = _describe(exc)
+    if isinstance(exc, GenerationError):
+        exc.attempt = attempt.number
+    retrying = attempt.retries_after(exc)
+    store.upsert_clip(record.model_copy(update={"status": "running" if retrying else "failed", "error": message}))
+    if retrying:
+        delay = max(attempt.next_delay_s, getattr(exc, "retry_after", None) or 0.0)
+        store.append_event(plan.job_id, events.RETRY, events.retry(plan.clip_index, attempt.number, delay, message))
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

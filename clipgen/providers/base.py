@@ -1,0 +1,28 @@
+"""The VideoProvider protocol: turn one planned clip into a video file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from clipgen.planning import ClipPlan
+
+
+class Generation(BaseModel):
+    """What a provider delivered for one clip attempt. The file is at the `dest` it was given."""
+
+    prediction_id: str | None = Field(None, description="The provider's id for the paid request, if any.")
+    cost: float = Field(0.0, description="USD charged for this generation.")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class VideoProvider(Protocol):
+    """Implementations raise TransientError or PermanentError (clipgen.errors) and nothing else on purpose."""
+
+    name: str
+
+    def generate(self, plan: ClipPlan, dest: Path) -> Generation:
+        """Produce the clip and write it to `dest` atomically (no half-written file at `dest`)."""
+        ...

@@ -1,0 +1,73 @@
+"""Settings from the environment. Built when asked for, never at import (workers and `prefect deploy`
+import flow modules). Secrets are SecretStr: they print as '**********'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from clipgen.job import GenerationOptions
+
+
+class Settings(BaseSettings):
+    """Every setting is read from its exact environment variable name (DESIGN.md), listed in the README."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    provider: str = Field(
+        "local",
+        validation_alias="VIDEO_GENERATOR_PROVIDER",
+        description="Video provider: local (preview renderer), replicate, or an import path module:factory.",
+    )
+    store: str = Field(
+        "local",
+        validation_alias="VIDEO_GENERATOR_STORE",
+        description="Clip store: local (files + SQLite), supabase, or an import path module:factory.",
+    )
+    data_dir: Path = Field(
+        Path(".video-generator"),
+        validation_alias="VIDEO_GENERATOR_DATA_DIR",
+        description="Local store, work files and reference cache.",
+    )
+    concurrency: int = Field(5, ge=1, le=50, validation_alias="VIDEO_GENERATOR_CONCURRENCY")
+    min_clips: int = Field(3, ge=1, validation_alias="VIDEO_GENERATOR_MIN_CLIPS")
+    clip_timeout_seconds: float | None = Field(
+        None, gt=0, validation_alias="VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS"
+    )
+    duration_buffer: float = Field(1.25, ge=1.0, le=2.0, validation_alias="VIDEO_GENERATOR_DURATION_BUFFER")
+    retry_backoff_seconds: float = Field(
+        2.0,
+        ge=0,
+        validation_alias="VIDEO_GENERATOR_RETRY_BACKOFF_SECONDS",
+        description="First retry delay; doubles each attempt, with jitter.",
+    )
+    thumbnail_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias="VIDEO_GENERATOR_THUMBNAIL_WAIT_SECONDS",
+        description="How long the flow waits for outstanding thumbnails before it returns.",
+    )
+    replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
+    replicate_base_url: str | None = Field(None, validation_alias="REPLICATE_BASE_URL")
+    supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
+    supabase_service_role_key: SecretStr | None = Field(None, validation_alias="SUPABASE_SERVICE_ROLE_KEY")
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+    @property
+    def reference_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "references"
+
+    def default_options(self) -> GenerationOptions:
+        """Options when the caller gives none: the model defaults plus what the environment sets."""
+        return GenerationOptions(
+            concurrency=self.concurrency,
+            min_success=self.min_clips,
+            clip_timeout_s=self.clip_timeout_seconds,
+            duration_buffer=self.duration_buffer,
+        )

@@ -1,0 +1,219 @@
+"""A ClipStore on the local disk: files under `storage/<bucket>/`, records in one SQLite file (WAL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+from uuid import UUID
+
+from clipgen.stores.base import BUCKETS, ClipRecord, StoredEvent, StoredObject, ThumbnailRecord
+
+DB_FILENAME = "video_generator.db"
+STORAGE_DIRNAME = "storage"
+
+# Each entry upgrades the schema by one version (recorded in PRAGMA user_version). Append, never edit:
+# a database already at version N only runs the entries after N. Names are shared with the Postgres store.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS clips (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL, clip_index INTEGER NOT NULL, status TEXT NOT NULL, model TEXT NOT NULL,
+            prediction_id TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+            requested_duration REAL, target_duration REAL, actual_duration REAL,
+            width INTEGER, height INTEGER, fps REAL, video_path TEXT, cost REAL NOT NULL DEFAULT 0,
+            error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+            UNIQUE (job_id, clip_index))""",
+        """CREATE TABLE IF NOT EXISTS clip_thumbnails (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL, clip_index INTEGER NOT NULL,
+            thumbnail_path TEXT NOT NULL, thumbnail_url TEXT NOT NULL, created_at TEXT NOT NULL,
+            UNIQUE (job_id, clip_index))""",
+        # AUTOINCREMENT so ids are never reused: SSE clients resume with "after the last id I saw".
+        """CREATE TABLE IF NOT EXISTS job_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS job_events_job_id_id ON job_events (job_id, id)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+_CLIP_COLUMNS = (
+    "job_id", "clip_index", "status", "model", "prediction_id", "attempts", "requested_duration",
+    "target_duration", "actual_duration", "width", "height", "fps", "video_path", "cost", "error",
+)  # fmt: skip
+_THUMBNAIL_COLUMNS = ("job_id", "clip_index", "thumbnail_path", "thumbnail_url")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _iso(value: datetime | None) -> str:
+    if value is None:
+        return _now()
+    # A naive datetime is taken to be UTC, so every stored timestamp carries its offset.
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def _upsert_sql(table: str, columns: tuple[str, ...], timestamps: tuple[str, ...]) -> str:
+    """INSERT, or on a repeat of (job_id, clip_index) update every column except created_at."""
+    names = (*columns, *timestamps)
+    updates = [f"{c} = excluded.{c}" for c in names if c not in ("job_id", "clip_index", "created_at")]
+    return (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
+        f"ON CONFLICT (job_id, clip_index) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+_UPSERT_CLIP = _upsert_sql("clips", _CLIP_COLUMNS, ("created_at", "updated_at"))
+_UPSERT_THUMBNAIL = _upsert_sql("clip_thumbnails", _THUMBNAIL_COLUMNS, ("created_at",))
+
+
+class LocalStore:
+    """Thread- and process-safe: one SQLite connection per operation, files swapped in with os.replace."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.storage_dir = self.data_dir / STORAGE_DIRNAME
+        self.db_path = self.data_dir / DB_FILENAME
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def _object_path(self, bucket: str, path: str) -> Path:
+        if bucket not in BUCKETS:
+            raise ValueError(f"unknown bucket {bucket!r}; expected one of {BUCKETS}")
+        parts = PurePosixPath(path).parts
+        if not parts or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path:
+            raise ValueError(f"object path must be a relative POSIX path without '..': {path!r}")
+        return self.storage_dir / bucket / Path(*parts)
+
+    def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
+        # content_type only matters to HTTP-serving stores; a local file has none to keep.
+        dest = self._object_path(bucket, path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(source, "rb") as src:  # opened first: a missing source fails before any temp file exists
+            # The temp file sits in the destination directory so os.replace is a same-filesystem rename:
+            # readers see the old file or the whole new one, never a partial copy.
+            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            try:
+                with os.fdopen(fd, "wb") as tmp:
+                    shutil.copyfileobj(src, tmp, 1024 * 1024)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                os.replace(tmp_name, dest)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+        return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
+
+    def signed_url(self, bucket: str, path: str) -> str:
+        target = self._object_path(bucket, path)
+        if not target.is_file():
+            raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}")
+        return target.resolve().as_uri()
+
+    # -- records -------------------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        self._ensure_schema()
+        return self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        # timeout= is SQLite's busy timeout: writers from other threads/processes wait instead of failing.
+        # IMMEDIATE takes the write lock at BEGIN, so a write never has to upgrade a stale read snapshot
+        # (which in WAL fails with "database is locked" without waiting).
+        conn = sqlite3.connect(self.db_path, timeout=10.0, isolation_level="IMMEDIATE")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def _ensure_schema(self) -> None:
+        if self._ready:
+            return
+        with self._ready_lock:
+            if self._ready:
+                return
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            with closing(self._open()) as conn:
+                # WAL is persistent in the file; it lets the SSE server read while the flow writes.
+                conn.execute("PRAGMA journal_mode=WAL")
+                with conn:
+                    # Explicit BEGIN: Python does not open transactions for DDL, and two processes may
+                    # migrate at once; the write lock makes the second see the first's user_version.
+                    conn.execute("BEGIN IMMEDIATE")
+                    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        raise RuntimeError(
+                            f"{self.db_path} has schema version {version}, newer than this code's "
+                            f"{SCHEMA_VERSION}"
+                        )
+                    for statements in _MIGRATIONS[version:]:
+                        for statement in statements:
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._ready = True
+
+    def upsert_clip(self, record: ClipRecord) -> None:
+        params = record.model_dump(include=set(_CLIP_COLUMNS))
+        params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
+        with closing(self._connect()) as conn, conn:
+            conn.execute(_UPSERT_CLIP, params)
+
+    def upsert_thumbnail(self, record: ThumbnailRecord) -> None:
+        params = record.model_dump(include=set(_THUMBNAIL_COLUMNS))
+        params.update(job_id=str(record.job_id), created_at=_iso(record.created_at))
+        with closing(self._connect()) as conn, conn:
+            conn.execute(_UPSERT_THUMBNAIL, params)
+
+    def append_event(self, job_id: UUID, event: str, data: dict[str, Any]) -> int:
+        # default=str: UUIDs, datetimes and Paths in progress payloads become strings instead of raising.
+        payload = json.dumps(data, default=str)
+        with closing(self._connect()) as conn, conn:
+            cursor = conn.execute(
+                "INSERT INTO job_events (job_id, event, data, created_at) VALUES (?, ?, ?, ?)",
+                (str(job_id), event, payload, _now()),
+            )
+            assert cursor.lastrowid is not None  # always set after a successful single-row INSERT
+            return cursor.lastrowid
+
+    def events(self, job_id: UUID, after: int = 0) -> list[StoredEvent]:
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT id, job_id, event, data, created_at FROM job_events "
+                "WHERE job_id = ? AND id > ? ORDER BY id",
+                (str(job_id), after),
+            ).fetchall()
+        return [StoredEvent.model_validate({**dict(row), "data": json.loads(row["data"])}) for row in rows]
+
+    def clip_records(self, job_id: UUID) -> list[ClipRecord]:
+        rows = self._job_rows("clips", (*_CLIP_COLUMNS, "created_at", "updated_at"), job_id)
+        return [ClipRecord.model_validate(row) for row in rows]
+
+    def thumbnail_records(self, job_id: UUID) -> list[ThumbnailRecord]:
+        rows = self._job_rows("clip_thumbnails", (*_THUMBNAIL_COLUMNS, "created_at"), job_id)
+        return [ThumbnailRecord.model_validate(row) for row in rows]
+
+    def _job_rows(self, table: str, columns: tuple[str, ...], job_id: UUID) -> list[dict[str, Any]]:
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT {', '.join(columns)} FROM {table} WHERE job_id = ? ORDER BY clip_index",
+                (str(job_id),),
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def job_ids(self) -> list[UUID]:
+        """Jobs that have logged events, the most recently started (by first event) first."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT job_id FROM job_events GROUP BY job_id ORDER BY MIN(id) DESC"
+            ).fetchall()
+        return [UUID(row["job_id"]) for row in rows]

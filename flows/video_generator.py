@@ -1,0 +1,123 @@
+"""generate_video_clips: fan the clip task out over the job, collect as clips finish, decide the final state.
+
+Orchestration only; every step is a clipgen function. Run it as a script too:
+    python flows/video_generator.py examples/job.json
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import PrefectFuture, as_completed, wait
+from prefect.states import Completed, Failed, State
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from clipgen import events
+from clipgen.backends import open_backends
+from clipgen.job import Clip, Clips, ClipPrompts, GenerationOptions
+from clipgen.pipeline import (
+    announce_end,
+    announce_progress,
+    announce_start,
+    decide_outcome,
+    failed_clip,
+    job_work_dir,
+    tidy_work_dir,
+)
+from clipgen.planning import ClipPlan, plan_job
+from clipgen.references import resolve_reference
+from clipgen.settings import Settings
+from clipgen.stores.base import ClipStore
+from tasks.clips import generate_clip, generate_thumbnail, retry_delays
+
+
+@flow(name="generate-video-clips", flow_run_name="video-clips-{job.job_id}", validate_parameters=True)
+def generate_video_clips(
+    job: ClipPrompts,
+    options: GenerationOptions | None = None,
+    provider: str | None = None,
+    store: str | None = None,
+) -> State[Clips]:
+    """Generate every clip of `job`; Completed with at least min_success clips, Failed otherwise.
+
+    `options` default to the environment's settings; `provider` and `store` to VIDEO_GENERATOR_PROVIDER
+    and VIDEO_GENERATOR_STORE (both `local` unless set).
+    """
+    began = time.monotonic()
+    settings = Settings()
+    options = options or settings.default_options()
+    provider = provider or settings.provider
+    store = store or settings.store
+    plan = plan_job(job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir))
+    backends = open_backends(provider, store, settings)
+    logger = get_run_logger()
+    logger.info("%d clips on %s at %s, estimate $%.2f", len(plan.clips), plan.model, plan.aspect_ratio,
+                plan.estimated_cost)
+
+    announce_start(backends.store, plan)
+    artifact = create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
+    clip_task = generate_clip.with_options(retry_delay_seconds=retry_delays(settings.retry_backoff_seconds))
+    tally = events.Tally(total=len(plan.clips))
+    clips: list[Clip] = []
+    thumbnails: list[PrefectFuture[str]] = []
+
+    # A runner of our own, so options.concurrency holds however the flow is started (CLI, UI, schedule).
+    with ThreadPoolTaskRunner(max_workers=plan.concurrency) as runner:
+        futures = runner.map(clip_task, {"plan": plan.clips, "provider": unmapped(provider), "store": unmapped(store)})
+        plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
+        for future in as_completed(futures):
+            clip_plan = plans[future.task_run_id]
+            clip = _settle(future, clip_plan, backends.store)
+            clips.append(clip)
+            announce_progress(backends.store, plan, clip, tally)
+            update_progress_artifact(artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips")
+            if clip.status == "success":
+                thumbnails.append(
+                    runner.submit(generate_thumbnail, {"plan": clip_plan, "provider": provider, "store": store})
+                )
+        # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
+        _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
+
+    result = _with_thumbnails(Clips.collect(plan.job_id, clips, time.monotonic() - began), backends.store)
+    outcome = decide_outcome(result, plan.min_success)
+    announce_end(backends.store, plan, result, outcome)
+    tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
+    if outcome.succeeded:
+        return Completed(message=outcome.message, data=result)
+    return Failed(message=outcome.message, data=result)
+
+
+def _settle(future: PrefectFuture[Clip], plan: ClipPlan, store: ClipStore) -> Clip:
+    # Read the state only after wait(): right after as_completed it can still say Running (FACTS.md).
+    future.wait()
+    outcome = future.result(raise_on_failure=False)
+    if isinstance(outcome, Clip):
+        return outcome
+    return failed_clip(plan, store, outcome if isinstance(outcome, BaseException) else None)
+
+
+def _await_thumbnails(futures: list[PrefectFuture[str]], timeout_s: float) -> None:
+    logger = get_run_logger()
+    done, pending = wait(futures, timeout=timeout_s)
+    if pending:
+        logger.warning("%d thumbnails not finished after %.0f s; the clips are kept", len(pending), timeout_s)
+    for future in done:
+        error = future.result(raise_on_failure=False)
+        if isinstance(error, BaseException):
+            logger.warning("thumbnail failed (clip kept): %s", error)
+
+
+def _with_thumbnails(result: Clips, store: ClipStore) -> Clips:
+    urls = {record.clip_index: record.thumbnail_url for record in store.thumbnail_records(result.job_id)}
+    clips = [clip.model_copy(update={"thumbnail_url": urls.get(clip.clip_index)}) for clip in result.clips]
+    return result.model_copy(update={"clips": clips})
+
+
+if __name__ == "__main__":
+    from clipgen.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin shells around clipgen functions. Retry policy lives here."""

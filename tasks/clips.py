@@ -1,0 +1,75 @@
+"""The clip and thumbnail tasks. Each is a few lines around a clipgen function; the policy is in the decorator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
+from prefect.tasks import Task, exponential_backoff
+
+from clipgen.backends import Backends, open_backends
+from clipgen.errors import TransientError
+from clipgen.job import Clip
+from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbnail
+from clipgen.planning import ClipPlan
+from clipgen.settings import Settings
+
+CLIP_RETRIES = 2  # 3 attempts
+RETRY_JITTER = 0.5
+
+
+def retry_delays(backoff_seconds: float) -> list[float]:
+    """Exponential: backoff, 2 x backoff, ... (Prefect adds up to RETRY_JITTER of jitter)."""
+    return exponential_backoff(backoff_factor=backoff_seconds)(CLIP_RETRIES)
+
+
+def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what may succeed next time; a permanent error or a bug fails at once."""
+    try:
+        state.result()
+    except TransientError:
+        return True
+    except Exception:  # noqa: BLE001 - anything else is permanent by definition here
+        return False
+    return False
+
+
+def _backends(provider: str, store: str) -> Backends:
+    return open_backends(provider, store, Settings())
+
+
+@task(
+    name="generate-clip",
+    task_run_name="clip-{plan.clip_index}",
+    retries=CLIP_RETRIES,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=RETRY_JITTER,
+    retry_condition_fn=is_transient,
+    cache_policy=NO_CACHE,  # every attempt must reach the pipeline, which knows what was already paid for
+)
+def generate_clip(plan: ClipPlan, provider: str, store: str) -> Clip:
+    """Generate, check, store and record one clip."""
+    backends = _backends(provider, store)
+    context = TaskRunContext.get()
+    assert context is not None
+    delays = context.task.retry_delay_seconds
+    number = max(1, context.task_run.run_count)
+    next_delay = float(delays[number - 1]) if isinstance(delays, list) and number <= len(delays) else 0.0
+    return produce_clip(
+        plan,
+        backends.provider,
+        backends.store,
+        job_work_dir(backends.settings.work_dir, plan),
+        Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
+        started_at=context.task_run.start_time,
+    )
+
+
+@task(name="generate-thumbnail", task_run_name="thumbnail-{plan.clip_index}", retries=1, cache_policy=NO_CACHE)
+def generate_thumbnail(plan: ClipPlan, provider: str, store: str) -> str:
+    """First frame, 320x180 letterboxed JPEG, stored and announced."""
+    backends = _backends(provider, store)
+    return produce_thumbnail(plan, backends.store, job_work_dir(backends.settings.work_dir, plan))

@@ -1,0 +1,61 @@
+"""Test providers: real VideoProvider implementations with scripted behaviour (no patching of our code)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from clipgen.errors import PermanentError, TransientError
+from clipgen.media import render_preview
+from clipgen.planning import ClipPlan
+from clipgen.providers.base import Generation
+
+OK, TRANSIENT, PERMANENT, SHORT = "ok", "transient", "permanent", "short"
+
+
+def small_size(width: int, height: int, longest: int = 192) -> tuple[int, int]:
+    """The plan's shape at a small size (even sides), so tests render fast."""
+    scale = longest / max(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+class ScriptedProvider:
+    """Renders small real clips; `script[clip_index]` lists the outcome of each attempt (last one repeats).
+
+    Counts calls per clip and the most calls in flight at once.
+    """
+
+    name = "scripted"
+
+    def __init__(self, script: dict[int, list[str]] | None = None, delay_s: float = 0.0, cost: float = 0.1) -> None:
+        self.script = script or {}
+        self.delay_s = delay_s
+        self.cost = cost
+        self.calls: Counter[int] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._lock = threading.Lock()
+
+    def generate(self, plan: ClipPlan, dest: Path) -> Generation:
+        with self._lock:
+            self.calls[plan.clip_index] += 1
+            attempt = self.calls[plan.clip_index]
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            outcomes = self.script.get(plan.clip_index, [OK])
+            outcome = outcomes[min(attempt, len(outcomes)) - 1]
+            if outcome == TRANSIENT:
+                raise TransientError(f"scripted 503 for clip {plan.clip_index}")
+            if outcome == PERMANENT:
+                raise PermanentError(f"scripted content rejection for clip {plan.clip_index}")
+            seconds = plan.requested_duration if outcome == OK else max(0.5, plan.target_duration - 3)
+            width, height = small_size(plan.width, plan.height)
+            render_preview(dest, width=width, height=height, duration=seconds, fps=12, prompt=plan.prompt)
+            return Generation(prediction_id=f"scripted-{plan.clip_index}-{attempt}", cost=self.cost)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
