@@ -81,5 +81,7 @@ def _factory(registry: dict[str, Any], name: str, kind: str) -> Any:
         return registry[name]
     module, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(registry))} or module:factory")
+        raise ValueError(
+            f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(registry))} or module:factory"
+        )
     return getattr(importlib.import_module(module), attr)

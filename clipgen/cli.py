@@ -1,7 +1,7 @@
 """The `video-generator` command.
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
-                                 [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+        [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
 
 Exit codes: 0 the flow completed, 1 it failed, 2 the input was refused (before any paid call).
 """
@@ -25,7 +25,7 @@ from clipgen import events
 from clipgen.backends import known_providers, known_stores, open_backends
 from clipgen.catalog import MODELS
 from clipgen.errors import ValidationError
-from clipgen.job import Clips, ClipPrompts, GenerationOptions
+from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.planning import JobPlan, plan_job, pydantic_problems
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
@@ -68,18 +68,23 @@ def _run(args: argparse.Namespace) -> int:
     options = _options(settings, args)
     provider = args.provider or settings.provider
     store_name = args.store or settings.store
-    plan = plan_job(job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir))
+    plan = plan_job(
+        job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
+    )
     try:
         store = open_backends(provider, store_name, settings).store
     except (ValueError, ImportError, AttributeError) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
 
+    price = "free local preview" if provider == "local" else "estimate"
     print(
         f"job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
-        f"provider {provider} · store {store_name} · estimate ${plan.estimated_cost:.2f}"
+        f"provider {provider} · store {store_name} · {price} (on Replicate ${plan.estimated_cost:.2f})"
     )
+    # Before Prefect is imported. A command-line tool sends no usage data unless asked to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
-        # Before Prefect is imported: its INFO logs would drown the progress lines.
+        # Prefect's INFO logs would drown the progress lines.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.video_generator import generate_video_clips
 
@@ -111,7 +116,9 @@ def load_job(path: Path) -> ClipPrompts:
     except OSError as exc:
         raise ValidationError.one("JOB.json", f"cannot read {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
-        raise ValidationError.one("JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise ValidationError.one(
+            "JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
     if isinstance(raw, dict) and isinstance(raw.get("clip_prompts"), list):
         for prompt in raw["clip_prompts"]:
             if isinstance(prompt, dict):
@@ -186,10 +193,9 @@ def _print_summary(result: Clips, completed: bool, message: str, output: Path | 
     print(f"{'Completed' if completed else 'Failed'}: {message}")
     for clip in result.clips:
         if clip.status == "success":
-            print(
-                f"  clip {clip.clip_index}: {clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s, "
-                f"asked {clip.target_duration:g} s) {clip.width}x{clip.height} ${clip.cost:.2f}  {clip.video_url}"
-            )
+            seconds = f"{clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s)"
+            shape = f"{clip.width}x{clip.height}"
+            print(f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}")
         else:
             print(f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}")
     print(f"  total ${result.total_cost:.2f} in {result.total_generation_time:.1f} s")

@@ -1,16 +1,16 @@
 """Typed errors. Retry policy reads the type, never the message.
 
-    VideoGeneratorError
-    ├── ValidationError            bad job or options; refused before any paid call (CLI exit 2)
-    ├── MediaError                 a file is not a readable video or image
-    └── GenerationError            one clip attempt failed
-        ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
-        │   │                      a clip shorter than the acceptance rule
-        │   └── ClipTooShort
-        └── PermanentError         another attempt would fail the same way: invalid input,
-            │                      content rejected, unsupported setting
-            ├── ContentRejected
-            └── ClipShapeMismatch
+VideoGeneratorError
+├── ValidationError            bad job or options; refused before any paid call (CLI exit 2)
+├── MediaError                 a file is not a readable video or image
+└── GenerationError            one clip attempt failed
+    ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
+    │   │                      a clip shorter than the acceptance rule
+    │   └── ClipTooShort
+    └── PermanentError         another attempt would fail the same way: invalid input,
+        │                      content rejected, unsupported setting
+        ├── ContentRejected
+        └── ClipShapeMismatch
 """
 
 from __future__ import annotations

@@ -15,19 +15,29 @@ from dataclasses import dataclass
 from fractions import Fraction
 from itertools import repeat
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import av
 from av.error import FFmpegError
 from av.filter import Graph
-from av.video.reformatter import ColorRange, Colorspace
+from av.video.reformatter import ColorRange
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clipgen.errors import MediaError
 
 KEN_BURNS_ZOOM = 1.12  # final zoom of the scene image over the whole clip
 KEN_BURNS_PAN = 0.6  # share of the free margin the crop centre drifts across, left to right
-CHARACTER_HEIGHT = 0.18  # character thumbnails, as a share of the frame height
+CHARACTER_HEIGHT = 0.18  # character thumbnails, as a share of the frame's short side
+AVCOL_SPC_SMPTE170M = 6  # AVColorSpace; PyAV's Colorspace enum holds swscale's different numbering
+# What Pillow raises for files it cannot (or should not) decode. The bomb warning only escapes as an
+# exception under an "error" warnings filter, as in the tests.
+_UNDECODABLE = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ def make_thumbnail(video: Path, dest: Path, size: tuple[int, int] = (320, 180)) 
     scale = min(width / shown_width, height / frame.height)
     fit = (max(1, min(width, round(shown_width * scale))), max(1, min(height, round(frame.height * scale))))
     canvas = Image.new("RGB", size)
-    canvas.paste(_to_image(frame.reformat(width=fit[0], height=fit[1], interpolation="AREA")),
-                 ((width - fit[0]) // 2, (height - fit[1]) // 2))  # fmt: skip
+    picture = _to_image(frame.reformat(width=fit[0], height=fit[1], interpolation="AREA"))
+    canvas.paste(picture, ((width - fit[0]) // 2, (height - fit[1]) // 2))
 
     encoder = av.CodecContext.create("mjpeg", "w")
     encoder.width, encoder.height, encoder.time_base = width, height, Fraction(1, 1)
@@ -117,8 +127,8 @@ def make_thumbnail(video: Path, dest: Path, size: tuple[int, int] = (320, 180)) 
     # ffmpeg `-q:v 2`. The CLI gets there by copying global_quality into every frame; here pinning the
     # rate control's quantiser range does it, independent of bit_rate and of the frame.
     encoder.qmin = encoder.qmax = 2
-    picture = _from_image(canvas).reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
-    data = b"".join(bytes(packet) for packet in [*encoder.encode(picture), *encoder.encode(None)])
+    yuv = _from_image(canvas).reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
+    data = b"".join(bytes(packet) for packet in [*encoder.encode(yuv), *encoder.encode(None)])
     with _atomic_path(dest, ".part.jpg") as tmp:
         tmp.write_bytes(data)
     return dest
@@ -134,13 +144,7 @@ def load_image(path: Path) -> Image.Image:
                 raise MediaError(f"{path} is too large to decode safely ({image.width}x{image.height})")
             image.load()
             return ImageOps.exif_transpose(image).convert("RGB")
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except _UNDECODABLE as exc:
         raise MediaError(f"{path} is not an image Pillow can decode: {exc}") from exc
 
 
@@ -250,14 +254,13 @@ def _encode(
     with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as output:
         stream = output.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "26"})
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.thread_type = "FRAME"
         # swscale converts RGB with the BT.601 matrix; say so, or players assume BT.709 for HD sizes.
-        stream.colorspace = Colorspace.SMPTE170M
+        stream.colorspace = AVCOL_SPC_SMPTE170M
         for index, frame in enumerate(frames):
             frame.pts, frame.time_base = index, time_base
             main.push(frame)
-            blended = sink.pull()
-            assert isinstance(blended, av.VideoFrame)
-            output.mux(stream.encode(blended))
+            output.mux(stream.encode(cast(av.VideoFrame, sink.pull())))
         output.mux(stream.encode(None))
 
 
@@ -302,9 +305,16 @@ def _prompt_frame(prompt: str, size: tuple[int, int]) -> Image.Image:
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], lines[max_lines - 1] + " …"]
     ImageDraw.Draw(frame).multiline_text(
-        (width / 2, height / 2), "\n".join(lines), font=font, fill="white", anchor="mm", align="center",
-        spacing=font_size // 4, stroke_width=max(1, font_size // 18), stroke_fill="black",
-    )  # fmt: skip
+        (width / 2, height / 2),
+        "\n".join(lines),
+        font=font,
+        fill="white",
+        anchor="mm",
+        align="center",
+        spacing=font_size // 4,
+        stroke_width=max(1, font_size // 18),
+        stroke_fill="black",
+    )
     return frame
 
 
@@ -312,17 +322,18 @@ def _overlay_layer(size: tuple[int, int], characters: Sequence[Image.Image], cap
     """Transparent frame-sized layer: caption top-left, character thumbnails in a row bottom-left."""
     width, height = size
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
-    margin = max(4, round(height * 0.03))
+    short_side = min(size)  # so portrait frames get the same proportions as landscape ones
+    margin = max(4, round(short_side * 0.03))
     if caption:
         draw = ImageDraw.Draw(layer)
-        font_size = max(10, round(height * 0.03))
+        font_size = max(10, round(short_side * 0.03))
         font = ImageFont.load_default(size=font_size)
         left, top, right, bottom = draw.textbbox((margin, margin), caption, font=font)
         pad = max(2, font_size // 3)
         draw.rectangle((left - pad, top - pad, right + pad, bottom + pad), fill=(0, 0, 0, 140))
         draw.text((margin, margin), caption, font=font, fill=(255, 255, 255, 235))
-    card_h = max(8, round(height * CHARACTER_HEIGHT))
-    border = max(1, round(height * 0.004))
+    card_h = max(8, round(short_side * CHARACTER_HEIGHT))
+    border = max(1, round(short_side * 0.004))
     left = margin
     for character in characters:
         card = ImageOps.fit(character.convert("RGB"), (max(6, card_h * 3 // 4), card_h))

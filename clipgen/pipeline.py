@@ -91,7 +91,9 @@ def produce_clip(
         record = record.model_copy(update={"cost": spent, "prediction_id": generation.prediction_id})
         info = _checked(plan, files)
         try:
-            stored = store.put_object(VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4")
+            stored = store.put_object(
+                VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4"
+            )
         except OSError as exc:
             # Free to retry: the paid file stays in the work directory and is reused.
             raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
@@ -158,9 +160,13 @@ def produce_thumbnail(plan: ClipPlan, store: ClipStore, work_dir: Path) -> str:
     path = thumbnail_object_path(plan.job_id, plan.clip_index)
     stored = store.put_object(THUMBNAIL_BUCKET, path, files.thumbnail, "image/jpeg")
     store.upsert_thumbnail(
-        ThumbnailRecord(job_id=plan.job_id, clip_index=plan.clip_index, thumbnail_path=path, thumbnail_url=stored.url)
+        ThumbnailRecord(
+            job_id=plan.job_id, clip_index=plan.clip_index, thumbnail_path=path, thumbnail_url=stored.url
+        )
     )
-    store.append_event(plan.job_id, events.THUMBNAIL_READY, events.thumbnail_ready(plan.clip_index, stored.url))
+    store.append_event(
+        plan.job_id, events.THUMBNAIL_READY, events.thumbnail_ready(plan.clip_index, stored.url)
+    )
     return stored.url
 
 
@@ -194,7 +200,9 @@ def announce_end(store: ClipStore, plan: JobPlan, result: Clips, outcome: Outcom
     if outcome.succeeded:
         store.append_event(plan.job_id, events.COMPLETE, events.complete(result))
     else:
-        store.append_event(plan.job_id, events.FAILED, events.failed(result, plan.min_success, outcome.errors))
+        store.append_event(
+            plan.job_id, events.FAILED, events.failed(result, plan.min_success, outcome.errors)
+        )
 
 
 def tidy_work_dir(work_dir: Path, result: Clips) -> None:
@@ -225,7 +233,7 @@ def _generate_or_reuse(plan: ClipPlan, provider: VideoProvider, files: ClipFiles
 
 
 def _checked(plan: ClipPlan, files: ClipFiles) -> VideoInfo:
-    """Probe the real file and apply the acceptance rule; a rejected file is dropped so a retry regenerates."""
+    """Probe the file and apply the acceptance rule. A rejected file is dropped so a retry regenerates."""
     try:
         info = probe(files.video)
         check_delivered(plan, info.duration, info.width, info.height)
@@ -262,15 +270,21 @@ def _clip_record(store: ClipStore, plan: ClipPlan) -> ClipRecord | None:
     return next((r for r in store.clip_records(plan.job_id) if r.clip_index == plan.clip_index), None)
 
 
-def _record_failure(store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception) -> None:
+def _record_failure(
+    store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception
+) -> None:
     message = _describe(exc)
     if isinstance(exc, GenerationError):
         exc.attempt = attempt.number
     retrying = attempt.retries_after(exc)
-    store.upsert_clip(record.model_copy(update={"status": "running" if retrying else "failed", "error": message}))
+    store.upsert_clip(
+        record.model_copy(update={"status": "running" if retrying else "failed", "error": message})
+    )
     if retrying:
         delay = max(attempt.next_delay_s, getattr(exc, "retry_after", None) or 0.0)
-        store.append_event(plan.job_id, events.RETRY, events.retry(plan.clip_index, attempt.number, delay, message))
+        store.append_event(
+            plan.job_id, events.RETRY, events.retry(plan.clip_index, attempt.number, delay, message)
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -73,7 +73,9 @@ def requested_duration(spec: ModelSpec, target: float, buffer: float) -> float:
 def option_problems(options: GenerationOptions) -> list[Problem]:
     spec = MODELS.get(options.model)
     if spec is None:
-        return [Problem("options.model", f"unknown model {options.model!r}; choose one of: {', '.join(MODELS)}")]
+        return [
+            Problem("options.model", f"unknown model {options.model!r}; choose one of: {', '.join(MODELS)}")
+        ]
     if options.aspect_ratio not in spec.aspect_ratios:
         return [
             Problem(
@@ -156,7 +158,10 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
     estimate = round(sum(clip.estimated_cost for clip in clips), 4)
     if options.budget_usd is not None and estimate > options.budget_usd:
         problems.append(
-            Problem("options.budget_usd", f"the estimate ${estimate:.2f} exceeds the budget ${options.budget_usd:.2f}")
+            Problem(
+                "options.budget_usd",
+                f"the estimate ${estimate:.2f} exceeds the budget ${options.budget_usd:.2f}",
+            )
         )
     if problems:
         raise ValidationError(problems)
@@ -171,7 +176,9 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
     )
 
 
-def _resolve_images(position: int, prompt: ClipPrompt, resolve: Resolver) -> tuple[dict[str, Any], list[Problem]]:
+def _resolve_images(
+    position: int, prompt: ClipPrompt, resolve: Resolver
+) -> tuple[dict[str, Any], list[Problem]]:
     where = f"clip_prompts[{position}]"
     problems: list[Problem] = []
 
@@ -182,11 +189,18 @@ def _resolve_images(position: int, prompt: ClipPrompt, resolve: Resolver) -> tup
             problems.extend(exc.problems)
             return None
 
-    scene = one(prompt.scene_reference_url, f"{where}.scene_reference_url") if prompt.scene_reference_url else None
+    scene = (
+        one(prompt.scene_reference_url, f"{where}.scene_reference_url")
+        if prompt.scene_reference_url
+        else None
+    )
     characters = [
-        one(ref, f"{where}.character_reference_urls[{i}]") for i, ref in enumerate(prompt.character_reference_urls)
+        one(ref, f"{where}.character_reference_urls[{i}]")
+        for i, ref in enumerate(prompt.character_reference_urls)
     ]
-    objects = [one(ref, f"{where}.object_reference_urls[{i}]") for i, ref in enumerate(prompt.object_reference_urls)]
+    objects = [
+        one(ref, f"{where}.object_reference_urls[{i}]") for i, ref in enumerate(prompt.object_reference_urls)
+    ]
     images = {
         "scene_image": scene,
         "character_images": [path for path in characters if path],

@@ -36,7 +36,9 @@ def resolve_reference(ref: str, field: str, cache_dir: Path) -> Path:
     elif not scheme:
         path = Path(ref).expanduser()
     else:
-        raise ValidationError.one(field, f"unsupported reference {ref[:60]!r}: use http(s), a file path or data:")
+        raise ValidationError.one(
+            field, f"unsupported reference {ref[:60]!r}: use http(s), a file path or data:"
+        )
     if not path.is_file():
         raise ValidationError.one(field, f"file not found: {path}")
     try:

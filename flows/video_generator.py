@@ -9,16 +9,19 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, as_completed, wait
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from clipgen import events
 from clipgen.backends import open_backends
-from clipgen.job import Clip, Clips, ClipPrompts, GenerationOptions
+from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
 from clipgen.pipeline import (
     announce_end,
     announce_progress,
@@ -52,32 +55,48 @@ def generate_video_clips(
     options = options or settings.default_options()
     provider = provider or settings.provider
     store = store or settings.store
-    plan = plan_job(job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir))
+    plan = plan_job(
+        job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
+    )
     backends = open_backends(provider, store, settings)
     logger = get_run_logger()
-    logger.info("%d clips on %s at %s, estimate $%.2f", len(plan.clips), plan.model, plan.aspect_ratio,
-                plan.estimated_cost)
+    logger.info(
+        "%d clips on %s at %s, estimate $%.2f",
+        len(plan.clips),
+        plan.model,
+        plan.aspect_ratio,
+        plan.estimated_cost,
+    )
 
     announce_start(backends.store, plan)
-    artifact = create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
+    # Sync in a sync flow; the return type also admits the coroutine of the async form.
+    artifact = cast(
+        UUID, create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
+    )
     clip_task = generate_clip.with_options(retry_delay_seconds=retry_delays(settings.retry_backoff_seconds))
     tally = events.Tally(total=len(plan.clips))
     clips: list[Clip] = []
     thumbnails: list[PrefectFuture[str]] = []
 
     # A runner of our own, so options.concurrency holds however the flow is started (CLI, UI, schedule).
-    with ThreadPoolTaskRunner(max_workers=plan.concurrency) as runner:
-        futures = runner.map(clip_task, {"plan": plan.clips, "provider": unmapped(provider), "store": unmapped(store)})
+    with ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner:
+        futures = runner.map(
+            clip_task, {"plan": plan.clips, "provider": unmapped(provider), "store": unmapped(store)}
+        )
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
         for future in as_completed(futures):
             clip_plan = plans[future.task_run_id]
             clip = _settle(future, clip_plan, backends.store)
             clips.append(clip)
             announce_progress(backends.store, plan, clip, tally)
-            update_progress_artifact(artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips")
+            update_progress_artifact(
+                artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips"
+            )
             if clip.status == "success":
                 thumbnails.append(
-                    runner.submit(generate_thumbnail, {"plan": clip_plan, "provider": provider, "store": store})
+                    runner.submit(
+                        generate_thumbnail, {"plan": clip_plan, "provider": provider, "store": store}
+                    )
                 )
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
@@ -91,7 +110,7 @@ def generate_video_clips(
     return Failed(message=outcome.message, data=result)
 
 
-def _settle(future: PrefectFuture[Clip], plan: ClipPlan, store: ClipStore) -> Clip:
+def _settle(future: PrefectFuture[Any], plan: ClipPlan, store: ClipStore) -> Clip:
     # Read the state only after wait(): right after as_completed it can still say Running (FACTS.md).
     future.wait()
     outcome = future.result(raise_on_failure=False)

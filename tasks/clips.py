@@ -1,4 +1,4 @@
-"""The clip and thumbnail tasks. Each is a few lines around a clipgen function; the policy is in the decorator."""
+"""The clip and thumbnail tasks: a few lines around a clipgen function; the policy is in the decorator."""
 
 from __future__ import annotations
 
@@ -68,7 +68,9 @@ def generate_clip(plan: ClipPlan, provider: str, store: str) -> Clip:
     )
 
 
-@task(name="generate-thumbnail", task_run_name="thumbnail-{plan.clip_index}", retries=1, cache_policy=NO_CACHE)
+@task(
+    name="generate-thumbnail", task_run_name="thumbnail-{plan.clip_index}", retries=1, cache_policy=NO_CACHE
+)
 def generate_thumbnail(plan: ClipPlan, provider: str, store: str) -> str:
     """First frame, 320x180 letterboxed JPEG, stored and announced."""
     backends = _backends(provider, store)

@@ -29,7 +29,9 @@ class ScriptedProvider:
 
     name = "scripted"
 
-    def __init__(self, script: dict[int, list[str]] | None = None, delay_s: float = 0.0, cost: float = 0.1) -> None:
+    def __init__(
+        self, script: dict[int, list[str]] | None = None, delay_s: float = 0.0, cost: float = 0.1
+    ) -> None:
         self.script = script or {}
         self.delay_s = delay_s
         self.cost = cost

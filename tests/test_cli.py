@@ -29,8 +29,9 @@ def example() -> dict[str, Any]:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_example_job_on_the_local_default(example_job: Path, data_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_example_job_on_the_local_default(
+    example_job: Path, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     output = tmp_path / "clips.json"
     assert main(["run", str(example_job), "--output", str(output)]) == 0
 
@@ -46,7 +47,9 @@ def test_example_job_on_the_local_default(example_job: Path, data_dir: Path, tmp
         assert clip["actual_duration"] == pytest.approx(info.duration, abs=1e-3)
         assert (info.width, info.height) == (1920, 1080)
         assert clip["metadata"]["preview"] is True
-        thumbnail = data_dir / "storage" / "clip-thumbnails" / JOB_ID / f"clip_{clip['clip_index']}_thumbnail.jpg"
+        thumbnail = (
+            data_dir / "storage" / "clip-thumbnails" / JOB_ID / f"clip_{clip['clip_index']}_thumbnail.jpg"
+        )
         with Image.open(thumbnail) as image:
             assert image.size == (320, 180)
     assert len(store.clip_records(result["job_id"])) == 6
@@ -56,10 +59,13 @@ def test_example_job_on_the_local_default(example_job: Path, data_dir: Path, tmp
 
 
 @pytest.mark.usefixtures("prefect_server")
-@pytest.mark.parametrize(("ratio", "model", "shape"), [("9:16", "kling-v2.5-turbo", (1080, 1920)),
-                                                       ("1:1", "wan-2.5-i2v", (720, 720))])
-def test_portrait_and_square_jobs(example_job: Path, data_dir: Path, ratio: str, model: str,
-                                  shape: tuple[int, int]) -> None:
+@pytest.mark.parametrize(
+    ("ratio", "model", "shape"),
+    [("9:16", "kling-v2.5-turbo", (1080, 1920)), ("1:1", "wan-2.5-i2v", (720, 720))],
+)
+def test_portrait_and_square_jobs(
+    example_job: Path, data_dir: Path, ratio: str, model: str, shape: tuple[int, int]
+) -> None:
     job = json.loads(example_job.read_text())
     job["clip_prompts"] = [p for p in job["clip_prompts"] if p["scene_reference_url"]][:3]
     job["total_clips"] = 3
@@ -72,7 +78,9 @@ def test_portrait_and_square_jobs(example_job: Path, data_dir: Path, ratio: str,
         video = data_dir / "storage" / "video-clips" / JOB_ID / f"clip_{prompt['clip_index']}.mp4"
         info = probe(video)
         assert (info.width, info.height) == shape
-        thumbnail = data_dir / "storage" / "clip-thumbnails" / JOB_ID / f"clip_{prompt['clip_index']}_thumbnail.jpg"
+        thumbnail = (
+            data_dir / "storage" / "clip-thumbnails" / JOB_ID / f"clip_{prompt['clip_index']}_thumbnail.jpg"
+        )
         with Image.open(thumbnail) as image:
             assert image.size == (320, 180)
             assert_undistorted(image.convert("L"), shape)
@@ -106,13 +114,25 @@ def edit(change: Any) -> Any:
 
 
 BAD_JOBS = {
-    "missing field": (edit(lambda j: j["clip_prompts"][0].pop("prompt")), "clip_prompts[0].prompt: Field required"),
+    "missing field": (
+        edit(lambda j: j["clip_prompts"][0].pop("prompt")),
+        "clip_prompts[0].prompt: Field required",
+    ),
     "missing job_id": (edit(lambda j: j.pop("job_id")), "job_id: Field required"),
     "empty clip list": (edit(lambda j: j.update(clip_prompts=[], total_clips=0)), "clip_prompts:"),
-    "duplicate clip_index": (edit(lambda j: j["clip_prompts"][1].update(clip_index=0)), "clip_index 0 appears more"),
+    "duplicate clip_index": (
+        edit(lambda j: j["clip_prompts"][1].update(clip_index=0)),
+        "clip_index 0 appears more",
+    ),
     "zero duration": (edit(lambda j: j["clip_prompts"][2].update(duration=0)), "clip_prompts[2].duration"),
-    "negative duration": (edit(lambda j: j["clip_prompts"][2].update(duration=-1)), "clip_prompts[2].duration"),
-    "duration over 60": (edit(lambda j: j["clip_prompts"][3].update(duration=61)), "clip_prompts[3].duration"),
+    "negative duration": (
+        edit(lambda j: j["clip_prompts"][2].update(duration=-1)),
+        "clip_prompts[2].duration",
+    ),
+    "duration over 60": (
+        edit(lambda j: j["clip_prompts"][3].update(duration=61)),
+        "clip_prompts[3].duration",
+    ),
     "duration the model cannot meet": (
         edit(lambda j: j["clip_prompts"][3].update(duration=13)),
         "clip_prompts[3].duration: 13 s cannot be met by kling-v2.5-turbo",
@@ -127,8 +147,11 @@ BAD_JOBS = {
         "clip_prompts[1].character_reference_urls[1]: not an image",
     ),
     "non-image data URI": (
-        edit(lambda j: j["clip_prompts"][0].update(
-            scene_reference_url="data:image/png;base64," + base64.b64encode(b"plain text").decode())),
+        edit(
+            lambda j: j["clip_prompts"][0].update(
+                scene_reference_url="data:image/png;base64," + base64.b64encode(b"plain text").decode()
+            )
+        ),
         "clip_prompts[0].scene_reference_url: not an image",
     ),
     "unreachable reference": (
@@ -143,8 +166,9 @@ BAD_JOBS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
-def test_bad_job_is_refused_before_anything_runs(case: str, example_job: Path, data_dir: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_job_is_refused_before_anything_runs(
+    case: str, example_job: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     change, expected = BAD_JOBS[case]
     write_job(example_job, change(example()))
     assert main(["run", str(example_job)]) == 2
@@ -160,27 +184,34 @@ BAD_FLAGS = {
         ["--aspect-ratio", "4:3"],
         "options.aspect_ratio: 4:3 is not supported by kling-v2.5-turbo; supported: 16:9, 9:16, 1:1",
     ),
-    "malformed aspect ratio": (["--aspect-ratio", "wide"], "options.aspect_ratio: String should match pattern"),
+    "malformed aspect ratio": (
+        ["--aspect-ratio", "wide"],
+        "options.aspect_ratio: String should match pattern",
+    ),
     "veo is 16:9 or 9:16": (
         ["--model", "veo-3.1", "--aspect-ratio", "1:1"],
         "options.aspect_ratio: 1:1 is not supported by veo-3.1; supported: 16:9, 9:16",
     ),
     "image-only model without image": (
         ["--model", "wan-2.5-i2v"],
-        "clip_prompts[4].scene_reference_url: wan-2.5-i2v needs a scene reference image and clip_index 4 has none",
+        "clip_prompts[4].scene_reference_url: wan-2.5-i2v needs a scene reference image and clip_index 4",
     ),
     "ratio only from an image": (
         ["--model", "hailuo-2.3", "--aspect-ratio", "9:16"],
         "clip_prompts[4].scene_reference_url: hailuo-2.3 makes 9:16 only from a scene image",
     ),
-    "zero concurrency": (["--concurrency", "0"], "options.concurrency: Input should be greater than or equal to 1"),
+    "zero concurrency": (
+        ["--concurrency", "0"],
+        "options.concurrency: Input should be greater than or equal to 1",
+    ),
     "unknown provider": (["--provider", "nope"], "unknown provider 'nope'; choose one of: local"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_FLAGS))
-def test_bad_options_are_refused(case: str, example_job: Path, data_dir: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_are_refused(
+    case: str, example_job: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags, expected = BAD_FLAGS[case]
     assert main(["run", str(example_job), *flags]) == 2
     err = capsys.readouterr().err
@@ -193,8 +224,12 @@ def test_malformed_json_exits_2_without_traceback(tmp_path: Path, data_dir: Path
     job = tmp_path / "job.json"
     job.write_text('{"job_id": "x", "clip_prompts": [')
     done = subprocess.run(
-        [sys.executable, "-m", "clipgen.cli", "run", str(job)], capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "VIDEO_GENERATOR_DATA_DIR": str(data_dir)}, timeout=60,
+        [sys.executable, "-m", "clipgen.cli", "run", str(job)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "VIDEO_GENERATOR_DATA_DIR": str(data_dir)},
+        timeout=60,
     )
     assert done.returncode == 2
     assert "JOB.json: not valid JSON" in done.stderr
@@ -202,8 +237,9 @@ def test_malformed_json_exits_2_without_traceback(tmp_path: Path, data_dir: Path
     assert_nothing_written(data_dir)
 
 
-def test_bad_environment_setting_exits_2(example_job: Path, monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_environment_setting_exits_2(
+    example_job: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("VIDEO_GENERATOR_CONCURRENCY", "many")
     assert main(["run", str(example_job)]) == 2
     assert "VIDEO_GENERATOR_CONCURRENCY" in capsys.readouterr().err

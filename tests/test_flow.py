@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipgen import events
 from clipgen.backends import register_provider
-from clipgen.job import Clips, ClipPrompts, GenerationOptions
+from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.media import probe
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
@@ -26,7 +26,8 @@ def make_job(n: int, duration: float = 2.0, **extra: Any) -> ClipPrompts:
         {
             "job_id": str(uuid4()),
             "clip_prompts": [
-                {"clip_index": i, "prompt": f"clip number {i}", "duration": duration, **extra} for i in range(n)
+                {"clip_index": i, "prompt": f"clip number {i}", "duration": duration, **extra}
+                for i in range(n)
             ],
         }
     )

@@ -26,8 +26,9 @@ from clipgen.planning import check_delivered, plan_job, requested_duration
         ("cogvideox", 3.0, 49 / 8),
     ],
 )
-def test_discrete_models_take_the_smallest_duration_at_or_above_target(model: str, target: float,
-                                                                       expected: float) -> None:
+def test_discrete_models_take_the_smallest_duration_at_or_above_target(
+    model: str, target: float, expected: float
+) -> None:
     assert requested_duration(get_model(model), target, 1.25) == pytest.approx(expected)
 
 
@@ -40,7 +41,15 @@ def test_continuous_models_apply_the_buffer_within_their_range() -> None:
 
 
 def test_catalog_has_the_seven_models_with_schema_facts() -> None:
-    assert set(MODELS) == {"kling-v2.1", "kling-v2.5-turbo", "hailuo-2.3", "wan-2.5-i2v", "veo-3.1", "svd", "cogvideox"}
+    assert set(MODELS) == {
+        "kling-v2.1",
+        "kling-v2.5-turbo",
+        "hailuo-2.3",
+        "wan-2.5-i2v",
+        "veo-3.1",
+        "svd",
+        "cogvideox",
+    }
     assert get_model("kling-v2.1").requires_image
     assert get_model("wan-2.5-i2v").requires_image
     assert get_model("svd").requires_image and not get_model("svd").takes_prompt
@@ -56,7 +65,7 @@ def test_catalog_has_the_seven_models_with_schema_facts() -> None:
 
 
 def test_unknown_model_names_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="known: kling-v2.1, kling-v2.5-turbo"):
+    with pytest.raises(KeyError, match=r"known: kling-v2\.1, kling-v2\.5-turbo"):
         get_model("sora")
 
 
@@ -85,7 +94,9 @@ def test_plan_keeps_original_target_and_estimates_cost() -> None:
 
 
 def test_budget_refuses_an_expensive_job() -> None:
-    with pytest.raises(ValidationError, match=r"options.budget_usd: the estimate \$1.05 exceeds the budget \$1.00"):
+    with pytest.raises(
+        ValidationError, match=r"options.budget_usd: the estimate \$1.05 exceeds the budget \$1.00"
+    ):
         plan_job(job(4.5, 7.0), GenerationOptions(budget_usd=1.0), no_images)
 
 
