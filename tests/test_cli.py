@@ -249,3 +249,37 @@ def assert_nothing_written(data_dir: Path) -> None:
     assert not (data_dir / "storage").exists()
     assert not (data_dir / "video_generator.db").exists()
     assert not (data_dir / "work").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_flow_file_runs_as_a_script(example_job: Path, data_dir: Path, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    job = json.loads(example_job.read_text())
+    job["clip_prompts"] = job["clip_prompts"][:3]
+    job["total_clips"] = 3
+    write_job(example_job, job)
+    output = tmp_path / "clips.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "flows/video_generator.py",
+            str(example_job),
+            "--model",
+            "veo-3.1",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={
+            **os.environ,
+            "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Completed: 3/3 clips" in done.stdout
+    assert json.loads(output.read_text())["successful_clips"] == 3

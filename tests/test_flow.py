@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from clipgen import events
-from clipgen.backends import register_provider
+from clipgen.backends import register_provider, register_store
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.media import probe
 from clipgen.settings import Settings
+from clipgen.stores.base import THUMBNAIL_BUCKET, VIDEO_BUCKET
 from clipgen.stores.local import LocalStore
 from flows.video_generator import generate_video_clips
-from tests.providers import OK, PERMANENT, SHORT, TRANSIENT, ScriptedProvider
+from tests.doubles import OK, PERMANENT, SHORT, TRANSIENT, FlakyUploadStore, ScriptedProvider
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -149,3 +150,33 @@ def test_delivered_durations_are_probed_and_stored() -> None:
         assert clip.target_duration == 6.0  # veo-3.1: smallest of 4|6|8 >= 5
         assert clip.original_target_duration == 5.0
         assert clip.actual_duration >= clip.original_target_duration - 2.0
+
+
+def run_with_store(job: ClipPrompts, provider: ScriptedProvider, clip_store: LocalStore) -> Any:
+    register_provider("scripted", lambda settings: provider)
+    register_store("flaky", lambda settings: clip_store)
+    return generate_video_clips(
+        job, GenerationOptions(model="veo-3.1"), provider="scripted", store="flaky", return_state=True
+    )
+
+
+def test_failed_upload_is_retried_without_paying_for_a_new_generation() -> None:
+    job = make_job(3)
+    provider = ScriptedProvider()
+    state = run_with_store(job, provider, FlakyUploadStore(Settings().data_dir, VIDEO_BUCKET, failures=2))
+
+    assert state.result().successful_clips == 3
+    assert provider.calls == {0: 1, 1: 1, 2: 1}  # the kept file was stored on the retry
+    assert sum(e.event == events.RETRY for e in store().events(job.job_id)) == 2
+
+
+def test_failed_thumbnail_never_fails_the_job() -> None:
+    job = make_job(3)
+    state = run_with_store(
+        job, ScriptedProvider(), FlakyUploadStore(Settings().data_dir, THUMBNAIL_BUCKET, 99)
+    )
+
+    assert state.is_completed()
+    result = state.result()
+    assert result.successful_clips == 3
+    assert all(clip.thumbnail_url is None for clip in result.clips)

@@ -320,7 +320,10 @@ def has_colour(image: Image.Image, colour: tuple[int, int, int]) -> bool:
     return any(c == colour for _, c in image.getcolors(maxcolors=1 << 20) or [])
 
 
-@pytest.mark.parametrize(("ratio", "crop_size", "pad_size"), [("9:16", (506, 900), (1600, 2844)), ("1:1", (900, 900), (1600, 1600))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ratio", "crop_size", "pad_size"),
+    [("9:16", (506, 900), (1600, 2844)), ("1:1", (900, 900), (1600, 1600))],
+)
 def test_fit_image_crop_and_pad(ratio: str, crop_size: tuple[int, int], pad_size: tuple[int, int]) -> None:
     source = marked_landscape()
 
@@ -366,7 +369,9 @@ def test_aspect_ratio_value() -> None:
     assert aspect_ratio_value(" 2.39:1 ") == pytest.approx(2.39)
 
 
-@pytest.mark.parametrize("bad", ["", "16", "16x9", "16:", ":9", "0:1", "1:0", "-16:9", "a:b", "1:2:3", "nan:1", "inf:1"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", ["", "16", "16x9", "16:", ":9", "0:1", "1:0", "-16:9", "a:b", "1:2:3", "nan:1", "inf:1"]
+)
 def test_aspect_ratio_value_rejects_malformed(bad: str) -> None:
     with pytest.raises(ValueError):
         aspect_ratio_value(bad)

@@ -1,4 +1,4 @@
-"""Test providers: real VideoProvider implementations with scripted behaviour (no patching of our code)."""
+"""Test doubles: real VideoProvider and ClipStore implementations with scripted faults (no patching)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from clipgen.errors import PermanentError, TransientError
 from clipgen.media import render_preview
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation
+from clipgen.stores.base import StoredObject
+from clipgen.stores.local import LocalStore
 
 OK, TRANSIENT, PERMANENT, SHORT = "ok", "transient", "permanent", "short"
 
@@ -61,3 +63,18 @@ class ScriptedProvider:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+class FlakyUploadStore(LocalStore):
+    """The real local store, except that the first `failures` uploads to `bucket` raise, like a storage outage."""
+
+    def __init__(self, data_dir: Path, bucket: str, failures: int) -> None:
+        super().__init__(data_dir)
+        self.bucket = bucket
+        self.failures = failures
+
+    def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
+        if bucket == self.bucket and self.failures > 0:
+            self.failures -= 1
+            raise ConnectionResetError(f"scripted storage outage writing {bucket}/{path}")
+        return super().put_object(bucket, path, source, content_type)
