@@ -66,7 +66,7 @@ class ScriptedProvider:
 
 
 class FlakyUploadStore(LocalStore):
-    """The real local store, except that the first `failures` uploads to `bucket` raise, like a storage outage."""
+    """The real local store, but the first `failures` uploads to `bucket` raise, like a storage outage."""
 
     def __init__(self, data_dir: Path, bucket: str, failures: int) -> None:
         super().__init__(data_dir)
