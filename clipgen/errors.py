@@ -52,9 +52,7 @@ class MediaError(VideoGeneratorError):
 
 
 class GenerationError(VideoGeneratorError):
-    """A clip attempt failed. `attempt` is set by the pipeline (1-based) before it propagates."""
-
-    attempt: int = 0
+    """A clip attempt failed."""
 
 
 class TransientError(GenerationError):

@@ -11,7 +11,7 @@ import hashlib
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from clipgen import events
@@ -113,7 +113,8 @@ def produce_clip(
             }
         )
     )
-    since = started_at.timestamp() if started_at else None
+    # From the first attempt's start when the caller knows it (Prefect's task run start), else this attempt.
+    elapsed = (datetime.now(UTC) - started_at).total_seconds() if started_at else time.monotonic() - began
     return Clip(
         clip_index=plan.clip_index,
         video_url=stored.url,
@@ -124,7 +125,7 @@ def produce_clip(
         status="success",
         cost=round(spent, 4),
         retry_count=attempt.number - 1,
-        generation_time=round(time.time() - since if since else time.monotonic() - began, 3),
+        generation_time=round(elapsed, 3),
         metadata={**plan.metadata, **generation.metadata},
         model=plan.model,
         prediction_id=generation.prediction_id,
@@ -274,8 +275,6 @@ def _record_failure(
     store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception
 ) -> None:
     message = _describe(exc)
-    if isinstance(exc, GenerationError):
-        exc.attempt = attempt.number
     retrying = attempt.retries_after(exc)
     store.upsert_clip(
         record.model_copy(update={"status": "running" if retrying else "failed", "error": message})

@@ -150,6 +150,7 @@ def test_delivered_durations_are_probed_and_stored() -> None:
         assert clip.target_duration == 6.0  # veo-3.1: smallest of 4|6|8 >= 5
         assert clip.original_target_duration == 5.0
         assert clip.actual_duration >= clip.original_target_duration - 2.0
+        assert 0 < clip.generation_time < 30
 
 
 def run_with_store(job: ClipPrompts, provider: ScriptedProvider, clip_store: LocalStore) -> Any:
