@@ -1,18 +1,22 @@
-"""The one place that turns provider and store names into objects.
+"""The one place that turns provider and store names into objects, and owns their lifetime.
 
 Names are plain strings so they can be flow parameters and environment variables: `local`, `replicate`,
-`supabase`, anything registered with `register_provider`/`register_store`, or an import path
-`package.module:factory` where the factory takes the Settings and returns the object.
+anything registered with `register_provider`/`register_store`, or an import path `package.module:factory`
+where the factory takes the Settings and returns the object.
+
+A flow run opens its backends once (`run_backends`), its tasks (threads of the same process) find them by
+the flow run's id, and they are closed when the run ends, so no connection outlives its run.
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from clipgen.providers.base import VideoProvider
 from clipgen.settings import Settings
@@ -28,14 +32,21 @@ def _local_provider(settings: Settings) -> VideoProvider:
     return LocalProvider()
 
 
+def _replicate_provider(settings: Settings) -> VideoProvider:
+    from clipgen.providers.replicate import ReplicateProvider
+
+    return ReplicateProvider.from_settings(settings)
+
+
 def _local_store(settings: Settings) -> ClipStore:
     from clipgen.stores.local import LocalStore
 
     return LocalStore(settings.data_dir)
 
 
-_providers: dict[str, ProviderFactory] = {"local": _local_provider}
+_providers: dict[str, ProviderFactory] = {"local": _local_provider, "replicate": _replicate_provider}
 _stores: dict[str, StoreFactory] = {"local": _local_store}
+_by_run: dict[UUID, Backends] = {}
 _lock = threading.Lock()
 
 
@@ -45,17 +56,19 @@ class Backends:
     store: ClipStore
     settings: Settings
 
+    def close(self) -> None:
+        close_quietly(self.provider)
+        close_quietly(self.store)
+
 
 def register_provider(name: str, factory: ProviderFactory) -> None:
     with _lock:
         _providers[name] = factory
-        open_backends.cache_clear()
 
 
 def register_store(name: str, factory: StoreFactory) -> None:
     with _lock:
         _stores[name] = factory
-        open_backends.cache_clear()
 
 
 def known_providers() -> list[str]:
@@ -66,14 +79,43 @@ def known_stores() -> list[str]:
     return sorted(_stores)
 
 
-@functools.lru_cache(maxsize=16)
-def open_backends(provider: str, store: str, settings: Settings) -> Backends:
-    """One provider and one store per (names, settings) in a process, shared by the clip tasks' threads."""
-    return Backends(
-        provider=_factory(_providers, provider, "provider")(settings),
-        store=_factory(_stores, store, "store")(settings),
-        settings=settings,
-    )
+def open_provider(name: str, settings: Settings) -> VideoProvider:
+    """ValueError for an unknown name or missing credentials; nothing is contacted yet."""
+    factory: ProviderFactory = _factory(_providers, name, "provider")
+    return factory(settings)
+
+
+def open_store(name: str, settings: Settings) -> ClipStore:
+    factory: StoreFactory = _factory(_stores, name, "store")
+    return factory(settings)
+
+
+@contextmanager
+def run_backends(run_id: UUID, provider: str, store: str, settings: Settings) -> Iterator[Backends]:
+    """Open the run's provider and store, make them findable by `backends_of_run`, close them after."""
+    backends = Backends(open_provider(provider, settings), open_store(store, settings), settings)
+    with _lock:
+        _by_run[run_id] = backends
+    try:
+        yield backends
+    finally:
+        with _lock:
+            _by_run.pop(run_id, None)
+        backends.close()
+
+
+def backends_of_run(run_id: UUID) -> Backends:
+    with _lock:
+        try:
+            return _by_run[run_id]
+        except KeyError:
+            raise LookupError(f"no backends are open for flow run {run_id}") from None
+
+
+def close_quietly(resource: object) -> None:
+    close = getattr(resource, "close", None)
+    if callable(close):
+        close()
 
 
 def _factory(registry: dict[str, Any], name: str, kind: str) -> Any:

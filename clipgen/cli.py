@@ -2,6 +2,7 @@
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
         [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+    video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
 
 Exit codes: 0 the flow completed, 1 it failed, 2 the input was refused (before any paid call).
 """
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit
 import pydantic
 
 from clipgen import events
-from clipgen.backends import known_providers, known_stores, open_backends
+from clipgen.backends import close_quietly, known_providers, known_stores, open_provider, open_store
 from clipgen.catalog import MODELS
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
@@ -59,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="write the Clips JSON here")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own logs")
     run.set_defaults(command=_run)
+
+    fake = commands.add_parser(
+        "fake-replicate",
+        help="serve a fake Replicate API for offline staging (then REPLICATE_BASE_URL=http://HOST:PORT)",
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8787)
+    fake.add_argument("--latency", type=float, default=2.0, help="seconds each prediction takes (default 2)")
+    fake.add_argument("--token", help="accept only this API token (default: any)")
+    fake.set_defaults(command=_fake_replicate)
     return parser
 
 
@@ -72,7 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
     )
     try:
-        store = open_backends(provider, store_name, settings).store
+        # Built once here so a missing credential or unknown name is refused before the flow starts.
+        close_quietly(open_provider(provider, settings))
+        store = open_store(store_name, settings)
     except (ValueError, ImportError, AttributeError) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
 
@@ -97,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         stop.set()
         printer.join()
+        close_quietly(store)
 
     result = state.result(raise_on_failure=False)
     if not isinstance(result, Clips):
@@ -107,6 +121,16 @@ def _run(args: argparse.Namespace) -> int:
         args.output.write_text(result.model_dump_json(indent=2))
     _print_summary(result, state.is_completed(), state.message or "", args.output)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _fake_replicate(args: argparse.Namespace) -> int:
+    from clipgen.fake_replicate.server import serve
+
+    print(
+        f"fake Replicate API on http://{args.host}:{args.port} (REPLICATE_BASE_URL=http://{args.host}:{args.port})"
+    )
+    serve(args.host, args.port, token=args.token, latency_s=args.latency)
+    return EXIT_OK
 
 
 def load_job(path: Path) -> ClipPrompts:

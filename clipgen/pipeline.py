@@ -1,15 +1,19 @@
 """The steps the flow orchestrates, as plain functions: one clip attempt, one thumbnail, the job's log.
 
-A generated file is kept in the job's work directory, with a sidecar naming the plan it was made for, until
-it is stored. A later attempt (a retry after a failed upload, a rerun of the job) reuses it instead of paying
-for a new generation.
+Nothing paid for is paid for twice:
+- a prediction's id is recorded (clips row and work directory) the moment it is created, and the next
+  attempt hands it back to the provider, which re-attaches to it instead of creating another;
+- a generated file is kept in the job's work directory, with a sidecar naming the plan it was made for,
+  until it is stored, so a retry after a failed upload (or a rerun of the job) stores it without generating.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +55,7 @@ class ClipFiles:
 
     video: Path
     sidecar: Path
+    prediction: Path
     thumbnail: Path
 
     @classmethod
@@ -58,12 +63,15 @@ class ClipFiles:
         return cls(
             video=work_dir / f"clip_{clip_index}.mp4",
             sidecar=work_dir / f"clip_{clip_index}.generation.json",
+            prediction=work_dir / f"clip_{clip_index}.prediction.json",
             thumbnail=work_dir / f"clip_{clip_index}_thumbnail.jpg",
         )
 
     def discard(self) -> None:
+        """Forget the generated file and the prediction it came from: the next attempt generates anew."""
         self.sidecar.unlink(missing_ok=True)
         self.video.unlink(missing_ok=True)
+        self.prediction.unlink(missing_ok=True)
 
 
 def job_work_dir(work_root: Path, plan: JobPlan | ClipPlan) -> Path:
@@ -85,8 +93,15 @@ def produce_clip(
     record = _record(plan, status="running", attempts=attempt.number, cost=spent)
     store.upsert_clip(record)
     files = ClipFiles.of(work_dir, plan.clip_index)
+
+    def created(prediction_id: str) -> None:
+        nonlocal record
+        _write_json(files.prediction, {"prediction_id": prediction_id, "plan": _fingerprint(plan)})
+        record = record.model_copy(update={"prediction_id": prediction_id})
+        store.upsert_clip(record)
+
     try:
-        generation, fresh = _generate_or_reuse(plan, provider, files)
+        generation, fresh = _generate_or_reuse(plan, provider, files, created)
         spent += generation.cost if fresh else 0.0
         record = record.model_copy(update={"cost": spent, "prediction_id": generation.prediction_id})
         info = _checked(plan, files)
@@ -217,20 +232,37 @@ def tidy_work_dir(work_dir: Path, result: Clips) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _generate_or_reuse(plan: ClipPlan, provider: VideoProvider, files: ClipFiles) -> tuple[Generation, bool]:
+def _generate_or_reuse(
+    plan: ClipPlan, provider: VideoProvider, files: ClipFiles, created: Callable[[str], None]
+) -> tuple[Generation, bool]:
     fingerprint = _fingerprint(plan)
     if files.video.is_file() and files.sidecar.is_file():
         kept = Generation.model_validate_json(files.sidecar.read_text())
         if kept.metadata.get("plan_fingerprint") == fingerprint:
             return kept, False
         files.discard()
+    pending = _read_json(files.prediction)
+    kept_id = pending.get("prediction_id")
+    resume = kept_id if isinstance(kept_id, str) and pending.get("plan") == fingerprint else None
     files.video.parent.mkdir(parents=True, exist_ok=True)
-    generation = provider.generate(plan, files.video)
+    generation = provider.generate(plan, files.video, resume=resume, on_created=created)
     generation.metadata["plan_fingerprint"] = fingerprint
-    tmp = files.sidecar.with_suffix(".tmp")
-    tmp.write_text(generation.model_dump_json())
-    tmp.replace(files.sidecar)
+    _write_json(files.sidecar, generation.model_dump(mode="json"))
     return generation, True
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _checked(plan: ClipPlan, files: ClipFiles) -> VideoInfo:

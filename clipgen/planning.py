@@ -101,6 +101,13 @@ def clip_problems(position: int, prompt: ClipPrompt, spec: ModelSpec, aspect_rat
                 f"{longest + ACCEPT_SHORTFALL_S:g} s",
             )
         )
+    if prompt.negative_prompt.strip() and not spec.takes_negative_prompt:
+        problems.append(
+            Problem(
+                f"{where}.negative_prompt",
+                f"{spec.key} has no negative prompt; leave it empty or choose another model",
+            )
+        )
     if prompt.scene_reference_url is None:
         if spec.requires_image:
             problems.append(

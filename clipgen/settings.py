@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     )
     replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str | None = Field(None, validation_alias="REPLICATE_BASE_URL")
+    replicate_poll_interval_seconds: float = Field(
+        1.0, gt=0, validation_alias="REPLICATE_POLL_INTERVAL", description="Seconds between prediction polls."
+    )
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(None, validation_alias="SUPABASE_SERVICE_ROLE_KEY")
 

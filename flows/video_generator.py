@@ -12,17 +12,19 @@ import time
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger, unmapped
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from clipgen import events
-from clipgen.backends import open_backends
+from clipgen.backends import Backends, run_backends
 from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
 from clipgen.pipeline import (
+    Outcome,
     announce_end,
     announce_progress,
     announce_start,
@@ -31,7 +33,7 @@ from clipgen.pipeline import (
     job_work_dir,
     tidy_work_dir,
 )
-from clipgen.planning import ClipPlan, plan_job
+from clipgen.planning import ClipPlan, JobPlan, plan_job
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
@@ -50,7 +52,6 @@ def generate_video_clips(
     `options` default to the environment's settings; `provider` and `store` to VIDEO_GENERATOR_PROVIDER
     and VIDEO_GENERATOR_STORE (both `local` unless set).
     """
-    began = time.monotonic()
     settings = Settings()
     options = options or settings.default_options()
     provider = provider or settings.provider
@@ -58,7 +59,17 @@ def generate_video_clips(
     plan = plan_job(
         job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
     )
-    backends = open_backends(provider, store, settings)
+    run_context = FlowRunContext.get()
+    assert run_context is not None and run_context.flow_run is not None
+    with run_backends(run_context.flow_run.id, provider, store, settings) as backends:
+        result, outcome = _generate(plan, backends, settings)
+    if outcome.succeeded:
+        return Completed(message=outcome.message, data=result)
+    return Failed(message=outcome.message, data=result)
+
+
+def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Clips, Outcome]:
+    began = time.monotonic()
     logger = get_run_logger()
     logger.info(
         "%d clips on %s at %s, estimate $%.2f",
@@ -80,9 +91,7 @@ def generate_video_clips(
 
     # A runner of our own, so options.concurrency holds however the flow is started (CLI, UI, schedule).
     with ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner:
-        futures = runner.map(
-            clip_task, {"plan": plan.clips, "provider": unmapped(provider), "store": unmapped(store)}
-        )
+        futures = runner.map(clip_task, {"plan": plan.clips})
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
         for future in as_completed(futures):
             clip_plan = plans[future.task_run_id]
@@ -93,11 +102,7 @@ def generate_video_clips(
                 artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips"
             )
             if clip.status == "success":
-                thumbnails.append(
-                    runner.submit(
-                        generate_thumbnail, {"plan": clip_plan, "provider": provider, "store": store}
-                    )
-                )
+                thumbnails.append(runner.submit(generate_thumbnail, {"plan": clip_plan}))
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
 
@@ -105,9 +110,7 @@ def generate_video_clips(
     outcome = decide_outcome(result, plan.min_success)
     announce_end(backends.store, plan, result, outcome)
     tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
-    if outcome.succeeded:
-        return Completed(message=outcome.message, data=result)
-    return Failed(message=outcome.message, data=result)
+    return result, outcome
 
 
 def _settle(future: PrefectFuture[Any], plan: ClipPlan, store: ClipStore) -> Clip:

@@ -10,12 +10,11 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 
-from clipgen.backends import Backends, open_backends
+from clipgen.backends import Backends, backends_of_run
 from clipgen.errors import TransientError
 from clipgen.job import Clip
 from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbnail
 from clipgen.planning import ClipPlan
-from clipgen.settings import Settings
 
 CLIP_RETRIES = 2  # 3 attempts
 RETRY_JITTER = 0.5
@@ -37,8 +36,12 @@ def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> 
     return False
 
 
-def _backends(provider: str, store: str) -> Backends:
-    return open_backends(provider, store, Settings())
+def _context() -> tuple[TaskRunContext, Backends]:
+    """The running task's context, and the provider and store its flow run opened."""
+    context = TaskRunContext.get()
+    if context is None or context.task_run.flow_run_id is None:
+        raise RuntimeError("clip tasks run inside generate_video_clips, which opens their backends")
+    return context, backends_of_run(context.task_run.flow_run_id)
 
 
 @task(
@@ -50,11 +53,9 @@ def _backends(provider: str, store: str) -> Backends:
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,  # every attempt must reach the pipeline, which knows what was already paid for
 )
-def generate_clip(plan: ClipPlan, provider: str, store: str) -> Clip:
+def generate_clip(plan: ClipPlan) -> Clip:
     """Generate, check, store and record one clip."""
-    backends = _backends(provider, store)
-    context = TaskRunContext.get()
-    assert context is not None
+    context, backends = _context()
     delays = context.task.retry_delay_seconds
     number = max(1, context.task_run.run_count)
     next_delay = float(delays[number - 1]) if isinstance(delays, list) and number <= len(delays) else 0.0
@@ -71,7 +72,7 @@ def generate_clip(plan: ClipPlan, provider: str, store: str) -> Clip:
 @task(
     name="generate-thumbnail", task_run_name="thumbnail-{plan.clip_index}", retries=1, cache_policy=NO_CACHE
 )
-def generate_thumbnail(plan: ClipPlan, provider: str, store: str) -> str:
+def generate_thumbnail(plan: ClipPlan) -> str:
     """First frame, 320x180 letterboxed JPEG, stored and announced."""
-    backends = _backends(provider, store)
+    _, backends = _context()
     return produce_thumbnail(plan, backends.store, job_work_dir(backends.settings.work_dir, plan))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from clipgen.errors import PermanentError, TransientError
@@ -42,7 +43,14 @@ class ScriptedProvider:
         self.max_in_flight = 0
         self._lock = threading.Lock()
 
-    def generate(self, plan: ClipPlan, dest: Path) -> Generation:
+    def generate(
+        self,
+        plan: ClipPlan,
+        dest: Path,
+        *,
+        resume: str | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> Generation:
         with self._lock:
             self.calls[plan.clip_index] += 1
             attempt = self.calls[plan.clip_index]

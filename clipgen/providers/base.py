@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +24,19 @@ class VideoProvider(Protocol):
 
     name: str
 
-    def generate(self, plan: ClipPlan, dest: Path) -> Generation:
-        """Produce the clip and write it to `dest` atomically (no half-written file at `dest`)."""
+    def generate(
+        self,
+        plan: ClipPlan,
+        dest: Path,
+        *,
+        resume: str | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Produce the clip and write it to `dest` atomically (no half-written file at `dest`).
+
+        `on_created` is called with the id of a paid request the moment it exists, before any waiting, so
+        it is on record even if this process dies. `resume` is such an id from an earlier attempt: a
+        provider re-attaches to it (waits for it, or downloads its output again) instead of paying for a
+        new one, unless it failed, was canceled or its output is gone.
+        """
         ...

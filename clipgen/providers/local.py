@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from clipgen.media import load_image, render_preview
@@ -20,7 +21,14 @@ class LocalProvider:
 
     name = "local"
 
-    def generate(self, plan: ClipPlan, dest: Path) -> Generation:
+    def generate(
+        self,
+        plan: ClipPlan,
+        dest: Path,
+        *,
+        resume: str | None = None,
+        on_created: Callable[[str], None] | None = None,
+    ) -> Generation:
         scene = load_image(Path(plan.scene_image)) if plan.scene_image else None
         characters = [load_image(Path(path)) for path in plan.character_images]
         render_preview(

@@ -1,0 +1,326 @@
+"""The HTTP API: Replicate's routes as the official client calls them, outputs, and admin routes under
+/_fake for scripting faults and reading what happened from another process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from http import HTTPStatus
+from typing import Any
+
+import pydantic
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from clipgen.fake_replicate.faults import Fault
+from clipgen.fake_replicate.files import FileTooLarge
+from clipgen.fake_replicate.reset import DropConnection
+from clipgen.fake_replicate.schemas import (
+    InvalidField,
+    ModelSchema,
+    by_model,
+    by_version,
+    problem_detail,
+    unknown_field,
+)
+from clipgen.fake_replicate.state import FakeState
+
+PROBLEM = "application/problem+json"
+NOT_FOUND = "The requested resource could not be found."
+_BODY_FIELDS = frozenset({"input", "webhook", "webhook_completed", "webhook_events_filter", "stream"})
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, title: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.title = status, detail, title
+        self.headers: dict[str, str] = extra.pop("headers", {})
+        self.extra = extra
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"detail": self.detail, "status": self.status}
+        if self.title:
+            body["title"] = self.title
+        return JSONResponse(body | self.extra, self.status, headers=self.headers, media_type=PROBLEM)
+
+
+def invalid(problems: list[InvalidField]) -> ApiError:
+    return ApiError(
+        422,
+        problem_detail(problems),
+        "Input validation failed",
+        invalid_fields=[problem.as_json() for problem in problems],
+    )
+
+
+def create_app(state: FakeState) -> FastAPI:
+    app = FastAPI(title="Fake Replicate API", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        detail = NOT_FOUND if exc.status_code == 404 else str(exc.detail)
+        return ApiError(exc.status_code, detail).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return ApiError(422, str(exc.errors()), "Invalid request").response()
+
+    def authorize(request: Request) -> None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "token") or not token or state.token not in (None, token):
+            raise ApiError(401, "Invalid token.", "Unauthenticated")
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    # --- predictions ------------------------------------------------------------------------------------
+
+    async def create(request: Request, model: str | None) -> Response:
+        try:
+            authorize(request)
+            body = await _json_object(request)
+            values = body.get("input")
+            prompt = str(values.get("prompt", "")) if isinstance(values, dict) else ""
+            fault = state.faults.take_create_fault(prompt)
+            if fault is not None and fault.kind == "connection_reset":
+                state.record_reset()
+                return DropConnection()
+            if fault is not None:
+                raise _fault_error(fault)
+            schema = _schema_for(body, model)
+            problems = _body_problems(body, with_version=model is None)
+            if isinstance(values, dict):
+                problems += schema.validate(values)
+            if problems:
+                raise invalid(problems)
+        except ApiError as exc:
+            state.reject(exc.status)
+            raise
+        assert isinstance(values, dict)
+        prediction = state.create(schema, values, base_url(request))
+        wait = _prefer_wait(request.headers.get("prefer", ""))
+        deadline = time.monotonic() + wait
+        while wait and not state.is_terminal(prediction["id"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if wait:
+            prediction = state.get(prediction["id"]) or prediction
+        return JSONResponse(prediction, 201)
+
+    @app.post("/v1/models/{owner}/{name}/predictions")
+    async def create_for_model(owner: str, name: str, request: Request) -> Response:
+        return await create(request, f"{owner}/{name}")
+
+    @app.post("/v1/predictions")
+    async def create_for_version(request: Request) -> Response:
+        return await create(request, None)
+
+    @app.get("/v1/predictions")
+    async def list_predictions(request: Request) -> dict[str, Any]:
+        authorize(request)
+        return {"next": None, "previous": None, "results": state.list_predictions()}
+
+    @app.get("/v1/predictions/{prediction_id}")
+    async def get_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        return _found(state.get(prediction_id))
+
+    @app.post("/v1/predictions/{prediction_id}/cancel")
+    async def cancel_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        return _found(state.cancel(prediction_id))
+
+    @app.api_route("/_fake/outputs/{name}", methods=["GET", "HEAD"])
+    async def output(name: str, request: Request) -> Response:
+        # Delivery URLs are signed links on Replicate: no token needed.
+        answer = state.open_output(name.removesuffix(".mp4"), count=request.method == "GET")
+        if answer == 404:
+            raise ApiError(404, NOT_FOUND)
+        if isinstance(answer, int):
+            raise ApiError(answer, "Internal Server Error")
+        return FileResponse(answer, media_type="video/mp4")
+
+    # --- files ------------------------------------------------------------------------------------------
+
+    @app.post("/v1/files")
+    async def upload(request: Request) -> Response:
+        authorize(request)
+        # Refuse an oversized upload before reading it (the multipart framing adds a little).
+        if int(request.headers.get("content-length") or 0) > state.files.max_bytes + (1 << 20):
+            raise ApiError(413, state.files.too_large())
+        async with request.form(max_files=1, max_fields=10) as form:
+            content = form.get("content")
+            if not isinstance(content, UploadFile):
+                raise invalid([InvalidField("required", "", "content is required")])
+            name = str(form.get("filename") or content.filename or "file")
+            content_type = str(form.get("type") or content.content_type or "application/octet-stream")
+            metadata = _metadata(form.get("metadata"))
+            try:
+                stored = await run_in_threadpool(state.files.add, content.file, name, content_type, metadata)
+            except FileTooLarge as exc:
+                raise ApiError(413, str(exc)) from exc
+        return JSONResponse(stored.as_json(base_url(request)), 201)
+
+    @app.get("/v1/files")
+    async def list_files(request: Request) -> dict[str, Any]:
+        authorize(request)
+        results = [stored.as_json(base_url(request)) for stored in state.files.all()]
+        return {"next": None, "previous": None, "results": results}
+
+    @app.get("/v1/files/{file_id}")
+    async def get_file(file_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        stored = state.files.get(file_id)
+        if stored is None:
+            raise ApiError(404, "File not found")
+        return stored.as_json(base_url(request))
+
+    @app.get("/v1/files/{file_id}/download")
+    async def download_file(file_id: str) -> Response:
+        # Replicate signs download links (owner, expiry, signature) instead of asking for a token.
+        stored = state.files.get(file_id)
+        if stored is None or not stored.path.exists():
+            raise ApiError(404, "File not found")
+        return FileResponse(stored.path, media_type=stored.content_type)
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str, request: Request) -> Response:
+        authorize(request)
+        if not state.files.delete(file_id):
+            raise ApiError(404, "File not found")
+        return Response(status_code=204)
+
+    # --- admin (no token: a local test double) ----------------------------------------------------------
+
+    @app.get("/_fake/state")
+    async def read_state() -> dict[str, Any]:
+        return state.snapshot()
+
+    @app.get("/_fake/predictions/{prediction_id}")
+    async def read_prediction(prediction_id: str) -> dict[str, Any]:
+        return _found(state.record(prediction_id))
+
+    @app.get("/_fake/faults")
+    async def read_faults() -> list[dict[str, Any]]:
+        return [fault.model_dump() for fault in state.faults.pending()]
+
+    @app.post("/_fake/faults")
+    async def add_faults(request: Request) -> list[dict[str, Any]]:
+        raw = await _json(request)
+        try:
+            faults = [Fault.model_validate(item) for item in (raw if isinstance(raw, list) else [raw])]
+        except pydantic.ValidationError as exc:
+            raise ApiError(422, str(exc), "Invalid fault") from exc
+        state.faults.add(*faults)
+        return await read_faults()
+
+    @app.delete("/_fake/faults")
+    async def clear_faults() -> list[dict[str, Any]]:
+        state.faults.clear()
+        return []
+
+    @app.post("/_fake/reset")
+    async def reset() -> dict[str, Any]:
+        await run_in_threadpool(state.reset)
+        return state.snapshot()
+
+    @app.patch("/_fake/config")
+    async def configure(request: Request) -> dict[str, Any]:
+        raw = await _json_object(request)
+        for key in ("latency_s", "expire_after_s"):
+            value = raw.get(key, getattr(state, key))
+            if not (value is None and key == "expire_after_s") and not _non_negative(value):
+                raise ApiError(422, f"{key} must be a non-negative number")
+            setattr(state, key, value)
+        return {"latency_s": state.latency_s, "expire_after_s": state.expire_after_s}
+
+    return app
+
+
+def _found(value: dict[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        raise ApiError(404, NOT_FOUND)
+    return value
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"null")
+    except ValueError as exc:
+        raise ApiError(400, f"Request body is not valid JSON: {exc}", "Bad request") from exc
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    body = await _json(request)
+    if not isinstance(body, dict):
+        raise invalid([InvalidField("invalid_type", "", "Invalid type. Expected: object")])
+    return body
+
+
+def _schema_for(body: dict[str, Any], model: str | None) -> ModelSchema:
+    if model is not None:
+        schema = by_model(model)
+        if schema is None or not schema.official:
+            raise ApiError(404, NOT_FOUND)
+        return schema
+    version = body.get("version")
+    if not isinstance(version, str) or not version:
+        raise invalid([InvalidField("required", "", "version is required")])
+    schema = by_version(version)
+    if schema is None:
+        detail = "The specified version does not exist (or perhaps you don't have permission to use it?)"
+        raise ApiError(422, f"{detail}: {version}", "Invalid version or not permitted")
+    return schema
+
+
+def _body_problems(body: dict[str, Any], *, with_version: bool) -> list[InvalidField]:
+    allowed = _BODY_FIELDS | {"version"} if with_version else _BODY_FIELDS
+    problems = [unknown_field("", key) for key in body if key not in allowed]
+    if "input" not in body:
+        problems.insert(0, InvalidField("required", "", "input is required"))
+    elif not isinstance(body["input"], dict):
+        problems.append(InvalidField("invalid_type", "input", "Invalid type. Expected: object"))
+    return problems
+
+
+def _fault_error(fault: Fault) -> ApiError:
+    if fault.kind == "rate_limit":
+        seconds = max(1, math.ceil(fault.seconds))
+        detail = f"Request was throttled. Your rate limit resets in ~{seconds}s."
+        return ApiError(429, detail, "Too Many Requests", headers={"Retry-After": str(seconds)})
+    return ApiError(fault.status, HTTPStatus(fault.status).phrase)
+
+
+def _prefer_wait(header: str) -> float:
+    """Seconds to hold a create open: `Prefer: wait` is 60, `wait=N` is N (1-60); anything else 0."""
+    match = re.fullmatch(r"\s*wait(?:\s*=\s*(\d+))?\s*", header)
+    if not match:
+        return 0.0
+    return float(min(60, max(1, int(match[1] or 60))))
+
+
+def _metadata(raw: object) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    try:
+        metadata = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise invalid([InvalidField("invalid_type", "metadata", "Invalid type. Expected: object")])
+    return metadata
+
+
+def _non_negative(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0

@@ -1,0 +1,123 @@
+"""Scripted faults: what goes wrong, for which creates, how many times."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+FaultKind = Literal[
+    "latency",
+    "rate_limit",
+    "server_error",
+    "connection_reset",
+    "fail",
+    "hang",
+    "short",
+    "corrupt",
+    "expired",
+    "download_error",
+]
+# These answer the create request itself, so nothing is created; DOWNLOAD_FAULTS answer an output
+# download; the others shape the prediction. `times` counts creates, downloads, or predictions accordingly.
+CREATE_FAULTS: frozenset[str] = frozenset({"rate_limit", "server_error", "connection_reset"})
+DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error"})
+
+
+class Fault(BaseModel):
+    """One scripted fault.
+
+    - rate_limit: the create gets 429 with "resets in ~{seconds}s" and `Retry-After`; nothing is created.
+    - server_error: the create gets `status` (500/502/503/504); nothing is created.
+    - connection_reset: the create's connection is dropped without an answer; nothing is created.
+    - fail: created, then fails with `error`.     - hang: created, stays processing until canceled.
+    - short: the output is half as long.          - corrupt: the output is not a decodable video.
+    - expired: the output URL answers 404.        - latency: processing takes `seconds`.
+    - download_error: a download of the output answers 500 (the next one is fine unless `times` > 1).
+    `match` limits the fault to predictions whose input `prompt` contains it; `times` is how often it
+    fires (-1: always): creates answered, predictions affected, or (download_error) downloads answered.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: FaultKind
+    match: str | None = None
+    times: int = Field(1, ge=-1)
+    seconds: float = Field(1.0, ge=0)
+    status: int = 503
+    error: str = "Internal error"
+
+    @model_validator(mode="after")
+    def _sane(self) -> Fault:
+        if self.times == 0:
+            raise ValueError("times must be positive, or -1 for always")
+        if self.kind == "server_error" and self.status not in (500, 502, 503, 504):
+            raise ValueError("a server_error status must be 500, 502, 503 or 504")
+        return self
+
+    def matches(self, prompt: str) -> bool:
+        return self.match is None or self.match in prompt
+
+
+@dataclass
+class _Entry:
+    fault: Fault
+    left: int  # -1: forever
+
+
+class FaultBook:
+    """The faults still to fire, in the order they were added. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[_Entry] = []
+
+    def add(self, *faults: Fault) -> None:
+        with self._lock:
+            self._entries += [_Entry(fault, fault.times) for fault in faults]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def pending(self) -> list[Fault]:
+        """The faults that can still fire, `times` set to what is left."""
+        with self._lock:
+            return [entry.fault.model_copy(update={"times": entry.left}) for entry in self._entries]
+
+    def take_create_fault(self, prompt: str) -> Fault | None:
+        """The first matching fault that answers the create itself, used up by one."""
+        return self._take_first(CREATE_FAULTS, prompt)
+
+    def take_download_fault(self, prompt: str) -> Fault | None:
+        """The first matching fault that answers a download of an output, used up by one."""
+        return self._take_first(DOWNLOAD_FAULTS, prompt)
+
+    def _take_first(self, kinds: frozenset[str], prompt: str) -> Fault | None:
+        with self._lock:
+            for entry in self._entries:
+                if entry.fault.kind in kinds and entry.fault.matches(prompt):
+                    self._use(entry)
+                    return entry.fault
+        return None
+
+    def take_prediction_faults(self, prompt: str) -> dict[str, Fault]:
+        """For a prediction just created: the first matching fault of each kind that shapes a prediction,
+        each used up by one."""
+        taken: dict[str, Fault] = {}
+        with self._lock:
+            for entry in list(self._entries):
+                fault = entry.fault
+                shapes = fault.kind not in CREATE_FAULTS and fault.kind not in DOWNLOAD_FAULTS
+                if shapes and fault.kind not in taken and fault.matches(prompt):
+                    taken[fault.kind] = fault
+                    self._use(entry)
+        return taken
+
+    def _use(self, entry: _Entry) -> None:
+        if entry.left > 0:
+            entry.left -= 1
+            if entry.left == 0:
+                self._entries.remove(entry)

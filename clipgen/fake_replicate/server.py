@@ -1,0 +1,205 @@
+"""Running the fake: in a background thread for tests (`FakeReplicateServer`), or in the foreground for
+offline staging (`serve`, behind `video-generator fake-replicate`)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from clipgen.fake_replicate.app import create_app
+from clipgen.fake_replicate.faults import Fault
+from clipgen.fake_replicate.outputs import RenderCache
+from clipgen.fake_replicate.reset import ResettableH11Protocol
+from clipgen.fake_replicate.state import FakeState
+
+__all__ = ["FakeReplicateServer", "Fault", "serve"]
+STARTUP_TIMEOUT_S = 15.0
+
+
+def _config(state: FakeState, **options: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(state),
+        http=ResettableH11Protocol,  # for the connection_reset fault
+        lifespan="off",
+        ws="none",
+        timeout_graceful_shutdown=2,
+        **options,
+    )
+
+
+class FakeReplicateServer:
+    """The fake Replicate API on a real socket, served from a daemon thread.
+
+        with FakeReplicateServer(token="t", latency_s=0.05) as fake:
+            client = replicate.Client(api_token="t", base_url=fake.base_url)
+            fake.add_fault(Fault(kind="rate_limit", match="storm"))
+            ...
+            assert fake.creates == 1 and fake.max_in_flight <= 5
+
+    `token=None` accepts any token (one must still be sent). `port=0` picks a free port.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        latency_s: float = 0.2,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        expire_after_s: float | None = None,
+        cache: RenderCache | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self._token, self._latency_s, self._cache = token, latency_s, cache
+        self._expire_after_s = expire_after_s
+        self._state: FakeState | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> FakeReplicateServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        state = FakeState(token=self._token, latency_s=self._latency_s, cache=self._cache)
+        state.expire_after_s = self._expire_after_s
+        self._state = state
+        sock = socket.create_server((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        # No log config: a test process keeps its own logging; uvicorn's warnings still reach the root logger.
+        config = _config(self._state, log_config=None, log_level="warning", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-replicate", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                sock.close()
+                raise RuntimeError("the fake Replicate server did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop serving, wake and join every prediction worker, remove the rendered files."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        if self._state is not None:
+            self._state.close()
+        self._server = self._thread = self._state = None
+
+    # --- the Python API -----------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """Where to point the client (`base_url=` or REPLICATE_BASE_URL); paths start with /v1."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def state(self) -> FakeState:
+        if self._state is None:
+            raise RuntimeError("the fake Replicate server is not running")
+        return self._state
+
+    def add_fault(self, *faults: Fault) -> None:
+        self.state.faults.add(*faults)
+
+    def clear_faults(self) -> None:
+        self.state.faults.clear()
+
+    @property
+    def faults(self) -> list[Fault]:
+        """Faults that can still fire, with the `times` they have left."""
+        return self.state.faults.pending()
+
+    @property
+    def predictions(self) -> list[dict[str, Any]]:
+        """Every prediction in creation order, as the API shows it plus canceled, cancel_requests,
+        downloads and faults (the kinds that applied)."""
+        return list(self.state.snapshot()["predictions"])
+
+    def prediction(self, prediction_id: str) -> dict[str, Any]:
+        record = self.state.record(prediction_id)
+        if record is None:
+            raise KeyError(f"no prediction {prediction_id!r}")
+        return record
+
+    @property
+    def creates(self) -> int:
+        """Predictions actually created (rejected creates are not counted)."""
+        return self.state.creates
+
+    @property
+    def rejected_creates(self) -> dict[int, int]:
+        """Create requests answered with an error and nothing created, by HTTP status."""
+        return dict(self.state.rejected)
+
+    @property
+    def connection_resets(self) -> int:
+        return self.state.connection_resets
+
+    @property
+    def cancels(self) -> int:
+        """Cancel requests for known predictions (including ones already finished)."""
+        return self.state.cancels
+
+    @property
+    def uploads(self) -> int:
+        return self.state.files.uploads
+
+    @property
+    def in_flight(self) -> int:
+        return self.state.in_flight
+
+    @property
+    def max_in_flight(self) -> int:
+        """The most predictions that were starting or processing at the same time."""
+        return self.state.max_in_flight
+
+    @property
+    def latency_s(self) -> float:
+        return self.state.latency_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        self.state.latency_s = value
+
+    @property
+    def expire_after_s(self) -> float | None:
+        return self.state.expire_after_s
+
+    @expire_after_s.setter
+    def expire_after_s(self, value: float | None) -> None:
+        self.state.expire_after_s = value
+
+    def reset(self) -> None:
+        """Forget predictions, files, faults and counters."""
+        self.state.reset()
+
+
+def serve(
+    host: str, port: int, *, token: str | None, latency_s: float, expire_after_s: float | None = None
+) -> None:
+    """Serve the fake in the foreground until Ctrl-C or SIGTERM, then return normally."""
+    state = FakeState(token=token, latency_s=latency_s, expire_after_s=expire_after_s)
+    try:
+        uvicorn.Server(_config(state, host=host, port=port, log_level="info")).run()
+    except KeyboardInterrupt:
+        # uvicorn shuts down gracefully on SIGINT, then re-raises it; stopping is the normal way out here.
+        pass
+    finally:
+        state.close()

@@ -1,0 +1,240 @@
+"""The Replicate provider, driven through the real `replicate` client against the fake API over HTTP.
+
+The fake validates every input against the model's published schema (strict: unknown fields are refused)
+and renders outputs with the duration and shape the real model would produce.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+from replicate.client import Client
+
+from clipgen.catalog import MODELS
+from clipgen.cli import main
+from clipgen.errors import ContentRejected, ValidationError
+from clipgen.fake_replicate.server import FakeReplicateServer, Fault
+from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.media import matches_aspect, probe
+from clipgen.planning import ClipPlan, plan_job
+from clipgen.providers.replicate import ReplicateProvider
+from tests.conftest import EXAMPLE_JOB
+
+IMAGES = EXAMPLE_JOB.parent / "images"
+TARGETS = (1.0, 4.5, 5.0, 5.5, 7.0, 10.0, 12.0)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeReplicateServer]:
+    with FakeReplicateServer(token="test-token", latency_s=0.05) as server:
+        yield server
+
+
+@pytest.fixture
+def provider(fake: FakeReplicateServer) -> Iterator[ReplicateProvider]:
+    transport = httpx.HTTPTransport()
+    client = Client(api_token="test-token", base_url=fake.base_url, transport=transport)
+    provider = ReplicateProvider(client, poll_interval_s=0.02, api_transport=transport)
+    yield provider
+    provider.close()
+
+
+def make_plan(
+    model: str, ratio: str, target: float, *, image: bool, timeout_s: float | None = None
+) -> ClipPlan:
+    prompt: dict[str, Any] = {"clip_index": 0, "prompt": f"test {uuid4()}", "duration": target}
+    if image:
+        prompt |= {"scene_reference_url": "meadow.jpg", "character_reference_urls": ["ada.png"]}
+    job = ClipPrompts.model_validate({"job_id": str(uuid4()), "clip_prompts": [prompt]})
+    options = GenerationOptions(model=model, aspect_ratio=ratio, clip_timeout_s=timeout_s)
+    return plan_job(job, options, lambda ref, field: IMAGES / ref).clips[0]
+
+
+def combos() -> Iterator[tuple[str, str, float]]:
+    for spec in MODELS.values():
+        for ratio in spec.aspect_ratios:
+            for target in TARGETS:
+                yield spec.key, ratio, target
+
+
+@pytest.mark.parametrize(("model", "ratio", "target"), list(combos()))
+def test_every_model_ratio_and_target(
+    model: str,
+    ratio: str,
+    target: float,
+    fake: FakeReplicateServer,
+    provider: ReplicateProvider,
+    tmp_path: Path,
+) -> None:
+    spec = MODELS[model]
+    image = spec.requires_image or ratio not in spec.text_aspect_ratios
+    creates = fake.creates
+    try:
+        plan = make_plan(model, ratio, target, image=image)
+    except ValidationError as refused:
+        # Refused before any request, with the reason.
+        assert "cannot be met" in str(refused)
+        assert fake.creates == creates
+        return
+    dest = tmp_path / "clip.mp4"
+    generation = provider.generate(plan, dest)
+
+    info = probe(dest)
+    assert info.duration >= plan.target_duration - 2.0, (info.duration, plan.requested_duration)
+    assert matches_aspect(info.width, info.height, ratio), (info.width, info.height)
+    assert fake.creates == creates + 1
+    assert generation.cost == pytest.approx(spec.cost(plan.requested_duration))
+    assert generation.prediction_id
+
+
+def test_a_hung_prediction_is_canceled_at_the_deadline(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False, timeout_s=0.5)
+    fake.add_fault(Fault(kind="hang", match=plan.prompt))
+    created: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(Exception, match="canceled it") as caught:
+        provider.generate(plan, tmp_path / "clip.mp4", on_created=created.append)
+    assert type(caught.value).__name__ == "TransientError"
+    assert 0.5 <= time.monotonic() - started < 5
+    assert len(created) == 1
+    assert fake.prediction(created[0])["status"] == "canceled"
+    # The next attempt sees the canceled prediction and pays for a new one, which finishes.
+    generation = provider.generate(plan, tmp_path / "clip.mp4", resume=created[0])
+    assert generation.prediction_id != created[0]
+
+
+def test_a_rate_limited_create_waits_for_the_hint(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind="rate_limit", match=plan.prompt, seconds=1))
+    creates = fake.creates
+    started = time.monotonic()
+    provider.generate(plan, tmp_path / "clip.mp4")
+    assert time.monotonic() - started >= 1.0
+    assert fake.creates == creates + 1
+
+
+def test_content_rejection_is_permanent(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(
+        Fault(kind="fail", match=plan.prompt, error="The input or output was flagged as sensitive (E005)")
+    )
+    with pytest.raises(ContentRejected, match="E005"):
+        provider.generate(plan, tmp_path / "clip.mp4")
+
+
+def test_a_failed_download_is_retried_against_the_same_prediction(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind="download_error", match=plan.prompt))
+    creates = fake.creates
+    generation = provider.generate(plan, tmp_path / "clip.mp4")
+    assert fake.creates == creates + 1
+    assert fake.prediction(generation.prediction_id or "")["downloads"] == 2
+    probe(tmp_path / "clip.mp4")
+
+
+def test_a_later_attempt_re_attaches_instead_of_paying_again(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind="download_error", match=plan.prompt, times=3))  # more than one attempt retries
+    created: list[str] = []
+    with pytest.raises(Exception, match="failed 3 times"):
+        provider.generate(plan, tmp_path / "clip.mp4", on_created=created.append)
+    creates = fake.creates
+    generation = provider.generate(plan, tmp_path / "clip.mp4", resume=created[0])
+    assert generation.prediction_id == created[0]
+    assert fake.creates == creates
+
+
+def test_a_gone_output_is_replaced_by_a_new_prediction_on_re_attach(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind="expired", match=plan.prompt))
+    created: list[str] = []
+    with pytest.raises(Exception, match="is gone"):
+        provider.generate(plan, tmp_path / "clip.mp4", on_created=created.append)
+    generation = provider.generate(plan, tmp_path / "clip.mp4", resume=created[0])
+    assert generation.prediction_id != created[0]
+
+
+def test_the_cli_runs_the_example_job_on_replicate(
+    fake: FakeReplicateServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, prefect_server: None
+) -> None:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "test-token")
+    monkeypatch.setenv("REPLICATE_BASE_URL", fake.base_url)
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
+    output = tmp_path / "clips.json"
+    creates = fake.creates
+    assert main(["run", str(EXAMPLE_JOB), "--provider", "replicate", "--output", str(output)]) == 0
+    result = json.loads(output.read_text())
+    assert result["successful_clips"] == 6
+    assert fake.creates == creates + 6
+    assert result["total_cost"] == pytest.approx(0.07 * (5 + 5 + 10 + 5 + 5 + 10))
+    assert {clip["metadata"]["provider"] for clip in result["clips"]} == {"replicate"}
+
+
+@pytest.fixture
+def replicate_env(fake: FakeReplicateServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLICATE_API_TOKEN", "test-token")
+    monkeypatch.setenv("REPLICATE_BASE_URL", fake.base_url)
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
+
+
+def flow_job(*prompts: str) -> ClipPrompts:
+    clips = [{"clip_index": i, "prompt": p, "duration": 4.0} for i, p in enumerate(prompts)]
+    return ClipPrompts.model_validate({"job_id": str(uuid4()), "clip_prompts": clips})
+
+
+@pytest.mark.usefixtures("prefect_server", "replicate_env")
+def test_flow_cancels_a_hung_prediction_and_the_retry_succeeds(fake: FakeReplicateServer) -> None:
+    from flows.video_generator import generate_video_clips
+
+    tag = str(uuid4())
+    job = flow_job(f"{tag} hangs once", f"{tag} fine", f"{tag} also fine")
+    fake.add_fault(Fault(kind="hang", match=f"{tag} hangs"))
+    options = GenerationOptions(model="veo-3.1", clip_timeout_s=1.0)
+    state = generate_video_clips(job, options, provider="replicate", return_state=True)
+
+    result = state.result()
+    assert result.successful_clips == 3
+    assert result.clips[0].retry_count == 1
+    hung = [p for p in fake.predictions if f"{tag} hangs" in p["input"].get("prompt", "")]
+    assert [p["status"] for p in hung] == ["canceled", "succeeded"]
+    assert all(
+        p["status"] == "succeeded"
+        for p in fake.predictions
+        if tag in p["input"].get("prompt", "") and p not in hung
+    )
+
+
+@pytest.mark.usefixtures("prefect_server", "replicate_env")
+def test_flow_does_not_retry_a_permanent_failure(fake: FakeReplicateServer) -> None:
+    from flows.video_generator import generate_video_clips
+
+    tag = str(uuid4())
+    job = flow_job(f"{tag} rejected", f"{tag} a", f"{tag} b", f"{tag} c")
+    fake.add_fault(Fault(kind="fail", match=f"{tag} rejected", times=-1, error="flagged as sensitive (E005)"))
+    state = generate_video_clips(
+        job, GenerationOptions(model="veo-3.1"), provider="replicate", return_state=True
+    )
+
+    result = state.result()
+    assert state.is_completed() and result.successful_clips == 3
+    assert result.clips[0].status == "failed" and "E005" in (result.clips[0].error or "")
+    assert sum(f"{tag} rejected" in p["input"].get("prompt", "") for p in fake.predictions) == 1
