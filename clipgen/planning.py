@@ -81,10 +81,19 @@ def option_problems(options: GenerationOptions) -> list[Problem]:
             Problem(
                 "options.aspect_ratio",
                 f"{options.aspect_ratio} is not supported by {spec.key}; "
-                f"supported: {', '.join(spec.aspect_ratios)}",
+                f"supported: {', '.join(spec.aspect_ratios)} ({_why_these_ratios(spec)})",
             )
         ]
     return []
+
+
+def _why_these_ratios(spec: ModelSpec) -> str:
+    if spec.aspect_via == "input":
+        return "its aspect_ratio input offers no others"
+    if spec.aspect_via == "image":
+        return "its output follows the start image, and the model is made for these"
+    width, height = spec.output_sizes[spec.aspect_ratios[0]]
+    return f"it makes {width}x{height} clips only"
 
 
 def clip_problems(position: int, prompt: ClipPrompt, spec: ModelSpec, aspect_ratio: str) -> list[Problem]:

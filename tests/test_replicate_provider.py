@@ -15,11 +15,12 @@ from uuid import uuid4
 
 import httpx
 import pytest
+from PIL import Image
 from replicate.client import Client
 
 from clipgen.catalog import MODELS
 from clipgen.cli import main
-from clipgen.errors import ContentRejected, ValidationError
+from clipgen.errors import ContentRejected, PermanentError, TransientError, ValidationError
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect, probe
@@ -238,3 +239,63 @@ def test_flow_does_not_retry_a_permanent_failure(fake: FakeReplicateServer) -> N
     assert state.is_completed() and result.successful_clips == 3
     assert result.clips[0].status == "failed" and "E005" in (result.clips[0].error or "")
     assert sum(f"{tag} rejected" in p["input"].get("prompt", "") for p in fake.predictions) == 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"), [("server_error", "503"), ("connection_reset", "creating the prediction")]
+)
+def test_a_failed_create_is_transient_and_created_nothing(
+    fault: str, message: str, fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind=fault, match=plan.prompt))
+    creates = fake.creates
+    with pytest.raises(TransientError, match=message):
+        provider.generate(plan, tmp_path / "clip.mp4")
+    assert fake.creates == creates
+
+
+def test_a_wrong_token_is_permanent(fake: FakeReplicateServer, tmp_path: Path) -> None:
+    transport = httpx.HTTPTransport()
+    wrong = ReplicateProvider(
+        Client(api_token="wrong", base_url=fake.base_url, transport=transport), api_transport=transport
+    )
+    try:
+        with pytest.raises(PermanentError, match="401"):
+            wrong.generate(make_plan("veo-3.1", "16:9", 4.0, image=False), tmp_path / "clip.mp4")
+    finally:
+        wrong.close()
+
+
+def test_a_large_image_goes_through_the_files_api(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    noise = Image.effect_noise((1920, 1080), 120).convert("RGB")  # incompressible: well over 256 KB as JPEG
+    noise.save(tmp_path / "noise.png")
+    job = ClipPrompts.model_validate(
+        {
+            "job_id": str(uuid4()),
+            "clip_prompts": [
+                {"clip_index": 0, "prompt": "noise", "duration": 5.0, "scene_reference_url": "noise.png"}
+            ],
+        }
+    )
+    plan = plan_job(job, GenerationOptions(model="wan-2.5-i2v"), lambda ref, field: tmp_path / ref).clips[0]
+    uploads = fake.uploads
+    generation = provider.generate(plan, tmp_path / "clip.mp4")
+    assert fake.uploads == uploads + 1
+    image = fake.prediction(generation.prediction_id or "")["input"]["image"]
+    assert image.startswith(fake.base_url + "/v1/files/")
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_unsupported_ratios_are_refused_before_any_request(model: str, fake: FakeReplicateServer) -> None:
+    creates = fake.creates
+    for ratio in ("16:9", "9:16", "1:1", "4:3", "3:4", "3:2"):
+        if ratio in MODELS[model].aspect_ratios:
+            continue
+        with pytest.raises(
+            ValidationError, match=rf"options.aspect_ratio: {ratio} is not supported by {model}; .*\("
+        ):
+            make_plan(model, ratio, 4.0, image=True)
+    assert fake.creates == creates
