@@ -44,8 +44,14 @@ def _local_store(settings: Settings) -> ClipStore:
     return LocalStore(settings.data_dir)
 
 
+def _supabase_store(settings: Settings) -> ClipStore:
+    from clipgen.stores.supabase import SupabaseStore
+
+    return SupabaseStore.from_settings(settings)
+
+
 _providers: dict[str, ProviderFactory] = {"local": _local_provider, "replicate": _replicate_provider}
-_stores: dict[str, StoreFactory] = {"local": _local_store}
+_stores: dict[str, StoreFactory] = {"local": _local_store, "supabase": _supabase_store}
 _by_run: dict[UUID, Backends] = {}
 _lock = threading.Lock()
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     )
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(None, validation_alias="SUPABASE_SERVICE_ROLE_KEY")
+    signed_url_ttl_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        validation_alias="VIDEO_GENERATOR_SIGNED_URL_TTL_SECONDS",
+        description="Lifetime of signed links to clips and thumbnails in private buckets.",
+    )
 
     @property
     def work_dir(self) -> Path:

@@ -4,9 +4,17 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.stack.fixtures import SupabaseDb
+from tests.stack.gateway import SupabaseGateway
+from tests.stack.storage import FakeStorage
+
+# supabase_db: real PostgreSQL 15 + PostgREST with the migrations applied, once per session.
+pytest_plugins = ["tests.stack.fixtures"]
 
 # No network here, and tests should not report usage anyway.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -22,6 +30,31 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@dataclass(frozen=True)
+class SupabaseStack:
+    """Real PostgreSQL + PostgREST and the fake Storage API, behind one base URL."""
+
+    url: str
+    service_key: str
+    anon_key: str
+    storage: FakeStorage
+
+
+@pytest.fixture(scope="session")
+def supabase_stack(supabase_db: SupabaseDb) -> Iterator[SupabaseStack]:
+    with SupabaseGateway(supabase_db.postgrest.url, supabase_db.jwt_secret) as gateway:
+        yield SupabaseStack(gateway.base_url, supabase_db.service_key, supabase_db.anon_key, gateway.storage)
+
+
+@pytest.fixture
+def supabase_env(supabase_stack: SupabaseStack, monkeypatch: pytest.MonkeyPatch) -> SupabaseStack:
+    """Point the settings at the stack, as a deployment's environment would."""
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack.url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack.service_key)
+    supabase_stack.storage.clear_faults()
+    return supabase_stack
 
 
 @pytest.fixture(autouse=True)

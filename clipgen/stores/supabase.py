@@ -1,0 +1,192 @@
+"""The Supabase store: clips and thumbnails in private Storage buckets, records in Postgres (PostgREST).
+
+Traps this module keeps clear of (FACTS.md): the default upload content type is text/plain, so it is always
+given; `upsert` must be the string "true"; private buckets are read through signed links only. Uploads pass
+the file's path, so storage3 streams it from disk instead of holding the clip in memory. The object path is
+deterministic, so a retried upload overwrites rather than duplicates, and it is kept beside the signed link
+so the link can be re-signed when it expires.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from postgrest.exceptions import APIError
+from storage3.exceptions import StorageApiError
+from storage3.types import FileOptions
+
+from clipgen.errors import PermanentError, TransientError
+from clipgen.settings import Settings
+from clipgen.stores.base import (
+    BUCKETS,
+    ClipRecord,
+    StoredEvent,
+    StoredObject,
+    ThumbnailRecord,
+)
+from supabase import Client, ClientOptions, create_client
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ATTEMPTS = 3
+# PostgREST connection failures (PGRST000-003) and SQLSTATE classes that clear by themselves:
+# connection (08), rollback/serialization (40), insufficient resources (53), operator intervention (57).
+_TRANSIENT_SQL = ("PGRST00", "08", "40", "53", "57")
+
+
+class SupabaseStore:
+    def __init__(self, client: Client, *, signed_url_ttl_s: int, http: httpx.Client | None = None) -> None:
+        """`http` is the httpx client `client` was built on, if any; it is closed with the store."""
+        self._client = client
+        self._ttl_s = signed_url_ttl_s
+        self._http = http
+        self._buckets_ready = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SupabaseStore:
+        if not settings.supabase_url or settings.supabase_service_role_key is None:
+            raise ValueError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set for the supabase store")
+        http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
+        options = ClientOptions(
+            httpx_client=http,
+            postgrest_client_retry=False,  # our retries, bounded; the client's sleeps up to 30 s per call
+            auto_refresh_token=False,
+            persist_session=False,
+        )
+        key = settings.supabase_service_role_key.get_secret_value()
+        client = create_client(settings.supabase_url, key, options)
+        return cls(client, signed_url_ttl_s=settings.signed_url_ttl_seconds, http=http)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    # --- storage ----------------------------------------------------------------------------------------
+
+    def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
+        self._ensure_buckets()
+        files = self._client.storage.from_(bucket)
+        # A Path, not bytes: storage3 opens it and httpx streams it in chunks.
+        options: FileOptions = {"content-type": content_type, "upsert": "true"}
+        _retry(f"upload {bucket}/{path}", lambda: files.upload(path, source, options))
+        return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
+
+    def signed_url(self, bucket: str, path: str) -> str:
+        files = self._client.storage.from_(bucket)
+        signed = _retry(f"sign {bucket}/{path}", lambda: files.create_signed_url(path, self._ttl_s))
+        return str(signed["signedURL"])
+
+    def _ensure_buckets(self) -> None:
+        with self._lock:
+            if self._buckets_ready:
+                return
+            storage = self._client.storage
+            for name in BUCKETS:
+                try:
+                    bucket = storage.get_bucket(name)
+                except StorageApiError as exc:
+                    if _status(exc) not in (400, 404):
+                        raise _storage_error(f"get bucket {name}", exc) from exc
+                    create = functools.partial(storage.create_bucket, name, options={"public": False})
+                    _retry(f"create bucket {name}", create)
+                    log.info("created private bucket %s", name)
+                    continue
+                if bucket.public:
+                    raise PermanentError(f"bucket {name} is public; clips must be private (make it private)")
+            self._buckets_ready = True
+
+    # --- records -----------------------------------------------------------------------------------------
+
+    def upsert_clip(self, record: ClipRecord) -> None:
+        row = _row(record, exclude={"created_at"} if record.created_at is None else set())
+        row["updated_at"] = datetime.now(UTC).isoformat()
+        self._upsert("clips", row)
+
+    def upsert_thumbnail(self, record: ThumbnailRecord) -> None:
+        row = _row(record, exclude={"created_at"} if record.created_at is None else set())
+        self._upsert("clip_thumbnails", row)
+
+    def _upsert(self, table: str, row: dict[str, Any]) -> None:
+        # default_to_null=False: a column left out takes its default on insert (created_at), kept on update.
+        query = self._client.table(table).upsert(row, on_conflict="job_id,clip_index", default_to_null=False)
+        _retry(f"upsert {table}", query.execute)
+
+    def append_event(self, job_id: UUID, event: str, data: dict[str, Any]) -> int:
+        row = {"job_id": str(job_id), "event": event, "data": data}
+        table = self._client.table("job_events")
+        rows: list[dict[str, Any]] = _retry("append event", table.insert(row).execute).data  # type: ignore[assignment]
+        return int(rows[0]["id"])
+
+    def events(self, job_id: UUID, after: int = 0) -> list[StoredEvent]:
+        table = self._client.table("job_events")
+        query = table.select("*").eq("job_id", str(job_id)).gt("id", after).order("id")
+        return [StoredEvent.model_validate(row) for row in _retry("read events", query.execute).data]
+
+    def clip_records(self, job_id: UUID) -> list[ClipRecord]:
+        query = self._client.table("clips").select("*").eq("job_id", str(job_id)).order("clip_index")
+        return [ClipRecord.model_validate(row) for row in _retry("read clips", query.execute).data]
+
+    def thumbnail_records(self, job_id: UUID) -> list[ThumbnailRecord]:
+        table = self._client.table("clip_thumbnails")
+        query = table.select("*").eq("job_id", str(job_id)).order("clip_index")
+        return [ThumbnailRecord.model_validate(row) for row in _retry("read thumbnails", query.execute).data]
+
+
+def _row(record: ClipRecord | ThumbnailRecord, exclude: set[str]) -> dict[str, Any]:
+    return record.model_dump(mode="json", exclude=exclude)
+
+
+def _retry(what: str, call: Callable[[], T]) -> T:
+    """Transient failures are tried again (bounded); then TransientError, so the task can retry the step."""
+    attempt = 1
+    while True:
+        try:
+            return call()
+        except (StorageApiError, APIError, httpx.TransportError) as exc:
+            error = _classify(what, exc)
+            if isinstance(error, PermanentError) or attempt == ATTEMPTS:
+                raise error from exc
+            log.warning("%s failed (attempt %d of %d): %s", what, attempt, ATTEMPTS, error)
+        time.sleep(0.5 * 2 ** (attempt - 1))
+        attempt += 1
+
+
+def _classify(what: str, exc: Exception) -> TransientError | PermanentError:
+    if isinstance(exc, StorageApiError):
+        return _storage_error(what, exc)
+    if isinstance(exc, APIError):
+        return _table_error(what, exc)
+    return TransientError(f"{what}: Supabase unreachable ({exc!r})")
+
+
+def _status(exc: StorageApiError) -> int:
+    try:
+        return int(exc.status)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _storage_error(what: str, exc: StorageApiError) -> TransientError | PermanentError:
+    status = _status(exc)
+    message = f"{what}: Supabase Storage {status or exc.status} {exc.code}: {exc.message}"
+    if status == 429 or status >= 500 or status == 0:
+        return TransientError(message)
+    return PermanentError(message)
+
+
+def _table_error(what: str, exc: APIError) -> TransientError | PermanentError:
+    message = f"{what}: Supabase {exc.code}: {exc.message}"
+    if exc.code is None or exc.code.startswith(_TRANSIENT_SQL):
+        return TransientError(message)
+    return PermanentError(message)

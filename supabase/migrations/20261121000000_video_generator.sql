@@ -1,0 +1,66 @@
+-- video-generator: clip records, thumbnails and the replayable progress log.
+--
+-- Self-contained and idempotent: applies to an empty Supabase project and can be applied again.
+-- Only the service role reads or writes (RLS on, no policies, no grants to anon/authenticated): the flow
+-- writes with SUPABASE_SERVICE_ROLE_KEY, and apps read through our server, which signs links.
+--
+-- Jobs: rows carry `job_id` (the job's UUID) without a foreign key, so this applies to any project. A project
+-- that already has a `jobs` table keyed by the same UUID can add, for each table:
+--   alter table public.clips add constraint clips_job_fk
+--     foreign key (job_id) references public.jobs (id) on delete cascade;
+
+create table if not exists public.clips (
+    id bigint generated always as identity primary key,
+    job_id uuid not null,
+    clip_index integer not null check (clip_index >= 0),
+    status text not null check (status in ('running', 'success', 'failed')),
+    model text not null,
+    prediction_id text,
+    attempts integer not null default 0,
+    requested_duration double precision,
+    target_duration double precision,
+    actual_duration double precision,
+    width integer,
+    height integer,
+    fps double precision,
+    video_path text,
+    cost double precision not null default 0,
+    error text,
+    created_at timestamptz not null default now(),
+    updated_at timestamptz not null default now(),
+    unique (job_id, clip_index)
+);
+
+create table if not exists public.clip_thumbnails (
+    id bigint generated always as identity primary key,
+    job_id uuid not null,
+    clip_index integer not null check (clip_index >= 0),
+    thumbnail_path text not null,
+    thumbnail_url text not null,
+    created_at timestamptz not null default now(),
+    unique (job_id, clip_index)
+);
+
+create table if not exists public.job_events (
+    id bigint generated always as identity primary key,
+    job_id uuid not null,
+    event text not null,
+    data jsonb not null default '{}'::jsonb,
+    created_at timestamptz not null default now()
+);
+
+-- The reads we do: a job's clips and thumbnails (covered by the unique keys), its events after an id.
+create index if not exists job_events_job_id_id_idx on public.job_events (job_id, id);
+-- Finding prediction ids to adopt or cancel after a crash.
+create index if not exists clips_prediction_id_idx on public.clips (prediction_id) where prediction_id is not null;
+
+alter table public.clips enable row level security;
+alter table public.clip_thumbnails enable row level security;
+alter table public.job_events enable row level security;
+
+-- Supabase grants new public tables to anon and authenticated by default; take that back.
+revoke all on table public.clips, public.clip_thumbnails, public.job_events from anon, authenticated;
+revoke all on sequence public.clips_id_seq, public.clip_thumbnails_id_seq, public.job_events_id_seq
+    from anon, authenticated;
+grant select, insert, update, delete on table public.clips, public.clip_thumbnails, public.job_events
+    to service_role;

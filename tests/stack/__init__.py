@@ -1,0 +1,1 @@
+"""Real services for tests: a PostgreSQL cluster with Supabase's roles, PostgREST, and friends."""

@@ -1,0 +1,125 @@
+"""The Supabase store end to end: the example job against real PostgreSQL + PostgREST and the fake Storage API
+behind one base URL, through supabase-py exactly as production builds it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from postgrest.exceptions import APIError
+from storage3.exceptions import StorageApiError
+
+from clipgen.backends import register_provider
+from clipgen.cli import main
+from supabase import Client, ClientOptions, create_client
+from tests.conftest import EXAMPLE_JOB
+from tests.doubles import ScriptedProvider
+
+JOB_ID = "7d1c2a9e-4b6f-4f0e-9a51-3c2b8e1f0a66"
+TABLES = ("clips", "clip_thumbnails", "job_events")
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "supabase_env")
+
+
+def run_example(tmp_path: Path, *flags: str) -> dict[str, Any]:
+    output = tmp_path / "clips.json"
+    assert main(["run", str(EXAMPLE_JOB), "--store", "supabase", "--output", str(output), *flags]) == 0
+    result: dict[str, Any] = json.loads(output.read_text())
+    return result
+
+
+@contextmanager
+def supabase(url: str, key: str) -> Iterator[Client]:
+    """A client built as production builds it (own httpx client: no deprecated options), closed after."""
+    with httpx.Client(timeout=10) as http:
+        yield create_client(url, key, ClientOptions(httpx_client=http, postgrest_client_retry=False))
+
+
+def rows(stack: Any, table: str) -> list[dict[str, Any]]:
+    with supabase(stack.url, stack.service_key) as client:
+        data: list[dict[str, Any]] = client.table(table).select("*").eq("job_id", JOB_ID).execute().data
+    return data
+
+
+def test_example_job_lands_in_both_buckets_and_all_three_tables(supabase_stack: Any, tmp_path: Path) -> None:
+    result = run_example(tmp_path)
+    storage = supabase_stack.storage
+
+    for clip in result["clips"]:
+        index = clip["clip_index"]
+        video = storage.object("video-clips", f"{JOB_ID}/clip_{index}.mp4")
+        thumbnail = storage.object("clip-thumbnails", f"{JOB_ID}/clip_{index}_thumbnail.jpg")
+        assert video["content_type"] == "video/mp4"
+        assert thumbnail["content_type"] == "image/jpeg"
+        assert clip["storage_path"] == f"{JOB_ID}/clip_{index}.mp4"
+        # The signed links download the very bytes that were stored.
+        downloaded = httpx.get(clip["video_url"], timeout=10)
+        assert downloaded.status_code == 200
+        assert hashlib.sha256(downloaded.content).hexdigest() == video["sha256"]
+        assert httpx.get(clip["thumbnail_url"], timeout=10).content[:2] == b"\xff\xd8"
+    assert all(not bucket["public"] for bucket in storage.buckets.values())
+
+    assert len(rows(supabase_stack, "clips")) == 6
+    assert {row["status"] for row in rows(supabase_stack, "clips")} == {"success"}
+    assert len(rows(supabase_stack, "clip_thumbnails")) == 6
+    events = [row["event"] for row in rows(supabase_stack, "job_events")]
+    assert events[0] == "video_generation_start" and events[-1] == "video_generation_complete"
+
+
+def test_rerunning_a_job_upserts_instead_of_duplicating(supabase_stack: Any, tmp_path: Path) -> None:
+    run_example(tmp_path)
+    run_example(tmp_path)
+    storage = supabase_stack.storage
+    assert len(rows(supabase_stack, "clips")) == 6
+    assert len(rows(supabase_stack, "clip_thumbnails")) == 6
+    videos = [key for key in storage.objects if key[0] == "video-clips" and key[1].startswith(JOB_ID)]
+    assert len(videos) == 6  # overwritten in place, never a second object
+
+
+def test_a_storage_outage_mid_job_loses_nothing_and_generates_nothing_extra(
+    supabase_stack: Any, tmp_path: Path
+) -> None:
+    provider = ScriptedProvider()
+    register_provider("scripted-supabase", lambda settings: provider)
+    # One clip at a time, so the outage deterministically outlasts one upload's three tries in the store:
+    # the clip task then retries, and must store the clip it already has instead of generating it again.
+    supabase_stack.storage.fail_next(5, status=503, bucket="video-clips", operation="upload")
+    result = run_example(tmp_path, "--provider", "scripted-supabase", "--concurrency", "1")
+
+    assert result["successful_clips"] == 6
+    assert sorted(provider.calls.values()) == [1] * 6  # one generation per clip, none repeated
+    assert len(rows(supabase_stack, "clips")) == 6
+    # The outage outlasted the store's own retries, so a clip task retried and stored the clip it had.
+    retries = [
+        row["data"] for row in rows(supabase_stack, "job_events") if row["event"] == "video_generation_retry"
+    ]
+    assert retries and all("Supabase Storage 503" in retry["error"] for retry in retries)
+
+
+def test_the_anon_key_reads_and_writes_nothing(supabase_stack: Any, tmp_path: Path) -> None:
+    run_example(tmp_path)
+    with supabase(supabase_stack.url, supabase_stack.anon_key) as anon:
+        assert_anon_is_refused(anon)
+    # The service key does both.
+    assert len(rows(supabase_stack, "clips")) == 6
+
+
+def assert_anon_is_refused(anon: Client) -> None:
+    for table in TABLES:
+        try:
+            assert anon.table(table).select("*").execute().data == []
+        except APIError as denied:
+            assert denied.code == "42501"
+        with pytest.raises(APIError) as refused:
+            anon.table(table).insert({"job_id": JOB_ID}).execute()
+        assert refused.value.code == "42501"
+    with pytest.raises(StorageApiError):
+        anon.storage.from_("video-clips").create_signed_url(f"{JOB_ID}/clip_0.mp4", 60)
+    with pytest.raises(StorageApiError):
+        anon.storage.from_("video-clips").upload(f"{JOB_ID}/evil.mp4", b"x", {"content-type": "video/mp4"})
