@@ -67,6 +67,10 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "VIDEO_GENERATOR_MIN_CLIPS",
         "VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS",
         "VIDEO_GENERATOR_DURATION_BUFFER",
+        "REPLICATE_API_TOKEN",
+        "REPLICATE_BASE_URL",
+        "SUPABASE_URL",
+        "SUPABASE_SERVICE_ROLE_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
     path = tmp_path / "data"

@@ -204,7 +204,12 @@ BAD_FLAGS = {
         ["--concurrency", "0"],
         "options.concurrency: Input should be greater than or equal to 1",
     ),
-    "unknown provider": (["--provider", "nope"], "unknown provider 'nope'; choose one of: local"),
+    "unknown provider": (["--provider", "nope"], "unknown provider 'nope'; choose one of: local, replicate"),
+    "replicate without a token": (["--provider", "replicate"], "REPLICATE_API_TOKEN is not set"),
+    "supabase without credentials": (
+        ["--store", "supabase"],
+        "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set",
+    ),
 }
 
 
