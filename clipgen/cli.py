@@ -2,6 +2,7 @@
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
         [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+    video-generator serve [--host H] [--port P]
     video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
 
 Exit codes: 0 the flow completed, 1 it failed, 2 the input was refused (before any paid call).
@@ -61,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--verbose", action="store_true", help="show Prefect's own logs")
     run.set_defaults(command=_run)
 
+    server = commands.add_parser(
+        "serve", help="serve progress (SSE), job status and job pages over the store"
+    )
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000)
+    server.set_defaults(command=_serve)
+
     fake = commands.add_parser(
         "fake-replicate",
         help="serve a fake Replicate API for offline staging (then REPLICATE_BASE_URL=http://HOST:PORT)",
@@ -94,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
         f"job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
         f"provider {provider} · store {store_name} · {price} (on Replicate ${plan.estimated_cost:.2f})"
     )
+    if settings.server_url:
+        print(f"watch it live: {settings.server_url.rstrip('/')}/jobs/{plan.job_id}/view")
     # Before Prefect is imported. A command-line tool sends no usage data unless asked to.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not args.verbose:
@@ -121,6 +131,14 @@ def _run(args: argparse.Namespace) -> int:
         args.output.write_text(result.model_dump_json(indent=2))
     _print_summary(result, state.is_completed(), state.message or "", args.output)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from clipgen.server import serve
+
+    _settings()  # a bad setting is refused here, with its name
+    serve(args.host, args.port)
+    return EXIT_OK
 
 
 def _fake_replicate(args: argparse.Namespace) -> int:

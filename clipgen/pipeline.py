@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from clipgen import events
 from clipgen.errors import GenerationError, MediaError, TransientError
@@ -203,22 +204,47 @@ def decide_outcome(result: Clips, min_success: int) -> Outcome:
     return Outcome(False, f"{summary} succeeded, {min_success} needed; first errors: {first}", errors)
 
 
-def announce_start(store: ClipStore, plan: JobPlan) -> None:
-    store.append_event(plan.job_id, events.START, events.start(plan))
+Announced = tuple[str, dict[str, Any]]
+"""An event as appended to the job's log: (name, data)."""
 
 
-def announce_progress(store: ClipStore, plan: JobPlan, clip: Clip, tally: events.Tally) -> None:
+def announce_start(store: ClipStore, plan: JobPlan) -> Announced:
+    return _announce(store, plan, events.START, events.start(plan))
+
+
+def announce_progress(store: ClipStore, plan: JobPlan, clip: Clip, tally: events.Tally) -> Announced:
     tally.add(clip)
-    store.append_event(plan.job_id, events.PROGRESS, events.progress(clip, tally))
+    return _announce(store, plan, events.PROGRESS, events.progress(clip, tally))
 
 
-def announce_end(store: ClipStore, plan: JobPlan, result: Clips, outcome: Outcome) -> None:
+def announce_end(store: ClipStore, plan: JobPlan, result: Clips, outcome: Outcome) -> Announced:
     if outcome.succeeded:
-        store.append_event(plan.job_id, events.COMPLETE, events.complete(result))
-    else:
-        store.append_event(
-            plan.job_id, events.FAILED, events.failed(result, plan.min_success, outcome.errors)
-        )
+        return _announce(store, plan, events.COMPLETE, events.complete(result))
+    return _announce(store, plan, events.FAILED, events.failed(result, plan.min_success, outcome.errors))
+
+
+def _announce(store: ClipStore, plan: JobPlan, name: str, data: dict[str, Any]) -> Announced:
+    store.append_event(plan.job_id, name, data)
+    return name, data
+
+
+def clip_table(result: Clips) -> list[dict[str, Any]]:
+    """One row per clip, for a table artifact: index, status, durations, cost, links."""
+    return [
+        {
+            "clip": clip.clip_index,
+            "status": clip.status,
+            "target_s": clip.original_target_duration,
+            "requested_s": clip.target_duration,
+            "actual_s": clip.actual_duration,
+            "retries": clip.retry_count,
+            "cost_usd": clip.cost,
+            "video": clip.video_url or "",
+            "thumbnail": clip.thumbnail_url or "",
+            "error": clip.error or "",
+        }
+        for clip in result.clips
+    ]
 
 
 def tidy_work_dir(work_dir: Path, result: Clips) -> None:

@@ -57,6 +57,16 @@ class Settings(BaseSettings):
     )
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(None, validation_alias="SUPABASE_SERVICE_ROLE_KEY")
+    api_token: SecretStr | None = Field(
+        None,
+        validation_alias="VIDEO_GENERATOR_API_TOKEN",
+        description="When set, every route of `video-generator serve` requires it.",
+    )
+    server_url: str | None = Field(
+        None,
+        validation_alias="VIDEO_GENERATOR_SERVER_URL",
+        description="Where `video-generator serve` runs; `run` then prints each job's page.",
+    )
     signed_url_ttl_seconds: int = Field(
         7 * 24 * 3600,
         ge=60,

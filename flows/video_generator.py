@@ -13,9 +13,10 @@ from typing import Any, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
+from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -24,10 +25,12 @@ from clipgen import events
 from clipgen.backends import Backends, run_backends
 from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
 from clipgen.pipeline import (
+    Announced,
     Outcome,
     announce_end,
     announce_progress,
     announce_start,
+    clip_table,
     decide_outcome,
     failed_clip,
     job_work_dir,
@@ -79,7 +82,7 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
         plan.estimated_cost,
     )
 
-    announce_start(backends.store, plan)
+    _mirror(plan, announce_start(backends.store, plan))
     # Sync in a sync flow; the return type also admits the coroutine of the async form.
     artifact = cast(
         UUID, create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
@@ -97,7 +100,7 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
             clip_plan = plans[future.task_run_id]
             clip = _settle(future, clip_plan, backends.store)
             clips.append(clip)
-            announce_progress(backends.store, plan, clip, tally)
+            _mirror(plan, announce_progress(backends.store, plan, clip, tally))
             update_progress_artifact(
                 artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips"
             )
@@ -108,9 +111,25 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
 
     result = _with_thumbnails(Clips.collect(plan.job_id, clips, time.monotonic() - began), backends.store)
     outcome = decide_outcome(result, plan.min_success)
-    announce_end(backends.store, plan, result, outcome)
+    _mirror(plan, announce_end(backends.store, plan, result, outcome))
+    create_table_artifact(
+        clip_table(result), key=f"video-clips-{plan.job_id}-table", description=f"Clips: {outcome.message}"
+    )
     tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
     return result, outcome
+
+
+def _mirror(plan: JobPlan, announced: Announced) -> None:
+    """The same progress in Prefect's event feed, with the job as the resource, for the UI and automations."""
+    name, data = announced
+    emit_event(
+        event=f"video-generator.{name}",
+        resource={
+            "prefect.resource.id": f"video-generator.job.{plan.job_id}",
+            "prefect.resource.name": str(plan.job_id),
+        },
+        payload=data,
+    )
 
 
 def _settle(future: PrefectFuture[Any], plan: ClipPlan, store: ClipStore) -> Clip:

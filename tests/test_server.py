@@ -1,0 +1,161 @@
+"""`video-generator serve`: a real uvicorn server on a free port, and the flow run in another process
+writing to the same store. Subscribers use httpx-sse, as an app would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, connect_sse
+from prefect.client.orchestration import get_client
+
+from clipgen import events
+from clipgen.server import create_app
+from clipgen.settings import Settings
+from tests.conftest import REPO
+from tests.stack.gateway import ServerThread
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+CLIPS = 4
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[str]:
+    with ServerThread(create_app(Settings(), poll_interval_s=0.1), lifespan="on") as thread:
+        yield thread.base_url
+
+
+def start_job(tmp_path: Path, data_dir: Path, clips: int = CLIPS) -> tuple[str, subprocess.Popen[str]]:
+    """The example's text-only clip, `clips` times, run by the CLI in its own process."""
+    from prefect.settings import PREFECT_API_URL
+
+    job_id = str(uuid4())
+    prompts = [{"clip_index": i, "prompt": f"a lantern, take {i}", "duration": 4.0} for i in range(clips)]
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({"job_id": job_id, "clip_prompts": prompts}))
+    env = {
+        **os.environ,
+        "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "clipgen.cli", "run", str(job), "--model", "veo-3.1", "--concurrency", "2"],
+        cwd=REPO,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return job_id, process
+
+
+def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{base}/jobs/{job_id}").status_code == 404:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.1)
+
+
+def subscribe(base: str, job_id: str, **headers: str) -> list[ServerSentEvent]:
+    with (
+        httpx.Client(timeout=httpx.Timeout(60, read=60)) as client,
+        connect_sse(client, "GET", f"{base}/jobs/{job_id}/events", headers=headers) as source,
+    ):
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        return list(source.iter_sse())  # ends when the server closes the stream after the final event
+
+
+def test_a_live_subscriber_sees_the_whole_job_and_a_reconnect_resumes(
+    server: str, tmp_path: Path, data_dir: Path
+) -> None:
+    job_id, process = start_job(tmp_path, data_dir)
+    wait_for_job(server, job_id)
+    live = subscribe(server, job_id)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+
+    names = [e.event for e in live]
+    ids = [int(e.id) for e in live]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    core = [n for n in names if n in (events.START, events.PROGRESS, events.COMPLETE)]
+    assert core == [events.START] + [events.PROGRESS] * CLIPS + [events.COMPLETE]
+    assert names.count(events.THUMBNAIL_READY) == CLIPS
+    assert json.loads(live[-1].data)["successful_clips"] == CLIPS
+
+    # A reconnecting subscriber gets exactly what came after the id it last saw.
+    resumed = subscribe(server, job_id, **{"Last-Event-ID": live[2].id})
+    assert [e.id for e in resumed] == [e.id for e in live[3:]]
+    # One that joins after the end gets the whole history, and the stream closes.
+    late = subscribe(server, job_id)
+    assert [(e.id, e.event, e.data) for e in late] == [(e.id, e.event, e.data) for e in live]
+
+
+def test_status_json_has_counts_clips_and_working_links(server: str, tmp_path: Path, data_dir: Path) -> None:
+    job_id, process = start_job(tmp_path, data_dir, clips=3)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    status = httpx.get(f"{server}/jobs/{job_id}").json()
+    assert (status["state"], status["total_clips"], status["completed"], status["failed"]) == (
+        "completed",
+        3,
+        3,
+        0,
+    )
+    assert [c["clip_index"] for c in status["clips"]] == [0, 1, 2]
+    for clip in status["clips"]:
+        assert clip["status"] == "success" and clip["actual_duration"] >= 2.0
+        video = httpx.get(clip["video_url"])
+        assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+        thumbnail = httpx.get(clip["thumbnail_url"])
+        assert thumbnail.headers["content-type"] == "image/jpeg"
+    forged = status["clips"][0]["video_url"].replace("sig=", "sig=0")
+    assert httpx.get(forged).status_code == 403
+
+    # The same run in the Prefect UI: a finished progress artifact and a table of the clips.
+    keys = [f"video-clips-{job_id}", f"video-clips-{job_id}-table"]
+    progress, table_artifact = (latest_artifact(key) for key in keys)
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    table = table_artifact["data"]
+    rows: list[dict[str, Any]] = json.loads(table) if isinstance(table, str) else table
+    assert [row["clip"] for row in rows] == [0, 1, 2]
+    assert {row["status"] for row in rows} == {"success"}
+    assert all(row["video"].startswith("file://") for row in rows)
+
+
+def latest_artifact(key: str) -> dict[str, Any]:
+    # By key: Prefect 3.8.8's artifact filter endpoint misses artifacts that this route finds.
+    with get_client(sync_client=True) as client:
+        response = client._client.get(f"/artifacts/{key}/latest")
+    response.raise_for_status()
+    artifact: dict[str, Any] = response.json()
+    return artifact
+
+
+def test_unknown_job_is_404_json(server: str) -> None:
+    for path in ("", "/events"):
+        response = httpx.get(f"{server}/jobs/{uuid4()}{path}")
+        assert response.status_code == 404
+        assert "unknown job" in response.json()["error"]
+    assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
+
+
+def test_every_route_requires_the_token_when_set(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_API_TOKEN", "s3cret")
+    with ServerThread(create_app(Settings()), lifespan="on") as thread:
+        base = thread.base_url
+        job = uuid4()
+        for path in ("/healthz", f"/jobs/{job}", f"/jobs/{job}/events", f"/jobs/{job}/view"):
+            assert httpx.get(base + path).status_code == 401
+        assert httpx.get(base + "/healthz", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(base + "/healthz?token=s3cret").status_code == 200
+        page = httpx.get(f"{base}/jobs/{job}/view?token=s3cret")
+        assert page.status_code == 200 and '"token": "s3cret"' in page.text
