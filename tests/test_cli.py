@@ -64,8 +64,15 @@ def test_example_job_on_the_local_default(
     [("9:16", "kling-v2.5-turbo", (1080, 1920)), ("1:1", "wan-2.5-i2v", (720, 720))],
 )
 def test_portrait_and_square_jobs(
-    example_job: Path, data_dir: Path, ratio: str, model: str, shape: tuple[int, int]
+    example_job: Path,
+    data_dir: Path,
+    ratio: str,
+    model: str,
+    shape: tuple[int, int],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_SERVER_URL", "http://watch.example:8000/")
     job = json.loads(example_job.read_text())
     job["clip_prompts"] = [p for p in job["clip_prompts"] if p["scene_reference_url"]][:3]
     job["total_clips"] = 3
@@ -74,6 +81,7 @@ def test_portrait_and_square_jobs(
     write_job(example_job, job)
 
     assert main(["run", str(example_job), "--model", model, "--aspect-ratio", ratio]) == 0
+    assert f"watch it live: http://watch.example:8000/jobs/{JOB_ID}/view" in capsys.readouterr().out
     for prompt in job["clip_prompts"]:
         video = data_dir / "storage" / "video-clips" / JOB_ID / f"clip_{prompt['clip_index']}.mp4"
         info = probe(video)

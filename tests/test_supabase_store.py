@@ -17,9 +17,12 @@ from storage3.exceptions import StorageApiError
 
 from clipgen.backends import register_provider
 from clipgen.cli import main
+from clipgen.server import create_app
+from clipgen.settings import Settings
 from supabase import Client, ClientOptions, create_client
 from tests.conftest import EXAMPLE_JOB
 from tests.doubles import ScriptedProvider
+from tests.stack.gateway import ServerThread
 
 JOB_ID = "7d1c2a9e-4b6f-4f0e-9a51-3c2b8e1f0a66"
 TABLES = ("clips", "clip_thumbnails", "job_events")
@@ -123,3 +126,19 @@ def assert_anon_is_refused(anon: Client) -> None:
         anon.storage.from_("video-clips").create_signed_url(f"{JOB_ID}/clip_0.mp4", 60)
     with pytest.raises(StorageApiError):
         anon.storage.from_("video-clips").upload(f"{JOB_ID}/evil.mp4", b"x", {"content-type": "video/mp4"})
+
+
+def test_serve_over_supabase_links_to_signed_storage_urls(
+    supabase_stack: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_example(tmp_path)
+    monkeypatch.setenv("VIDEO_GENERATOR_STORE", "supabase")
+    with ServerThread(create_app(Settings()), lifespan="on") as server:
+        response = httpx.get(f"{server.base_url}/jobs/{JOB_ID}", timeout=10)
+    assert response.status_code == 200, response.text
+    status = response.json()
+    assert status["state"] == "completed" and status["completed"] == 6
+    for clip in status["clips"]:
+        assert clip["video_url"].startswith(f"{supabase_stack.url}/storage/v1/object/sign/video-clips/")
+        assert httpx.get(clip["video_url"], timeout=10).content[4:8] == b"ftyp"
+        assert httpx.get(clip["thumbnail_url"], timeout=10).content[:2] == b"\xff\xd8"
