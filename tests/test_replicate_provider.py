@@ -108,8 +108,10 @@ def test_a_hung_prediction_is_canceled_at_the_deadline(
     assert 0.5 <= time.monotonic() - started < 5
     assert len(created) == 1
     assert fake.prediction(created[0])["status"] == "canceled"
-    # The next attempt sees the canceled prediction and pays for a new one, which finishes.
-    generation = provider.generate(plan, tmp_path / "clip.mp4", resume=created[0])
+    # The next attempt sees the canceled prediction and pays for a new one, which finishes (given time to
+    # render: the short deadline was only for the hung one).
+    patient = plan.model_copy(update={"timeout_s": 60.0})
+    generation = provider.generate(patient, tmp_path / "clip.mp4", resume=created[0])
     assert generation.prediction_id != created[0]
 
 
@@ -209,7 +211,7 @@ def test_flow_cancels_a_hung_prediction_and_the_retry_succeeds(fake: FakeReplica
     tag = str(uuid4())
     job = flow_job(f"{tag} hangs once", f"{tag} fine", f"{tag} also fine")
     fake.add_fault(Fault(kind="hang", match=f"{tag} hangs"))
-    options = GenerationOptions(model="veo-3.1", clip_timeout_s=1.0)
+    options = GenerationOptions(model="veo-3.1", clip_timeout_s=5.0)  # room to render under load
     state = generate_video_clips(job, options, provider="replicate", return_state=True)
 
     result = state.result()

@@ -21,7 +21,6 @@ from starlette.exceptions import HTTPException
 
 from clipgen.fake_replicate.faults import Fault
 from clipgen.fake_replicate.files import FileTooLarge
-from clipgen.fake_replicate.reset import DropConnection
 from clipgen.fake_replicate.schemas import (
     InvalidField,
     ModelSchema,
@@ -31,6 +30,7 @@ from clipgen.fake_replicate.schemas import (
     unknown_field,
 )
 from clipgen.fake_replicate.state import FakeState
+from clipgen.serving import DropConnection
 
 PROBLEM = "application/problem+json"
 NOT_FOUND = "The requested resource could not be found."

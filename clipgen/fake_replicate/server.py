@@ -3,9 +3,6 @@ offline staging (`serve`, behind `video-generator fake-replicate`)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from types import TracebackType
 from typing import Any
 
@@ -14,11 +11,10 @@ import uvicorn
 from clipgen.fake_replicate.app import create_app
 from clipgen.fake_replicate.faults import Fault
 from clipgen.fake_replicate.outputs import RenderCache
-from clipgen.fake_replicate.reset import ResettableH11Protocol
 from clipgen.fake_replicate.state import FakeState
+from clipgen.serving import ResettableH11Protocol, ServerThread
 
 __all__ = ["FakeReplicateServer", "Fault", "serve"]
-STARTUP_TIMEOUT_S = 15.0
 
 
 def _config(state: FakeState, **options: Any) -> uvicorn.Config:
@@ -58,8 +54,7 @@ class FakeReplicateServer:
         self._token, self._latency_s, self._cache = token, latency_s, cache
         self._expire_after_s = expire_after_s
         self._state: FakeState | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ServerThread | None = None
 
     def __enter__(self) -> FakeReplicateServer:
         self.start()
@@ -71,36 +66,27 @@ class FakeReplicateServer:
         self.stop()
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._server is not None:
             raise RuntimeError("already started")
         state = FakeState(token=self._token, latency_s=self._latency_s, cache=self._cache)
         state.expire_after_s = self._expire_after_s
         self._state = state
-        sock = socket.create_server((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        # No log config: a test process keeps its own logging; uvicorn's warnings still reach the root logger.
-        config = _config(self._state, log_config=None, log_level="warning", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-replicate", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                sock.close()
-                raise RuntimeError("the fake Replicate server did not start")
-            time.sleep(0.01)
+        self._server = ServerThread(create_app(state), host=self.host, port=self.port, name="fake-replicate")
+        try:
+            self._server.start()
+        except RuntimeError:
+            state.close()
+            self._state = self._server = None
+            raise
+        self.port = self._server.port
 
     def stop(self) -> None:
         """Stop serving, wake and join every prediction worker, remove the rendered files."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
+        if self._server is not None:
+            self._server.stop()
         if self._state is not None:
             self._state.close()
-        self._server = self._thread = self._state = None
+        self._server = self._state = None
 
     # --- the Python API -----------------------------------------------------------------------------------
 

@@ -16,101 +16,27 @@ failure, and that client's sockets are never closed.
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Literal
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
-from clipgen.fake_replicate.reset import ResettableH11Protocol
+from clipgen.serving import ServerThread
 from tests.stack.storage import FakeStorage, make_key
 
 __all__ = ["ServerThread", "SupabaseGateway", "make_key"]
 
-STARTUP_TIMEOUT_S = 15.0
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection; host and length are the new request's own.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te"}
     | {"trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 )
-
-
-class ServerThread:
-    """An ASGI app served by uvicorn from a daemon thread on a real socket (`port=0` picks a free one)."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        name: str = "asgi-server",
-        lifespan: Literal["on", "off"] = "off",
-    ) -> None:
-        self.host, self.port, self._name = host, port, name
-        # ResettableH11Protocol lets a response reset its connection (the fake's `reset=True` faults).
-        self._config = uvicorn.Config(
-            app,
-            http=ResettableH11Protocol,
-            lifespan=lifespan,
-            ws="none",
-            # The test process keeps its logging; uvicorn's errors still reach the root logger.
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._socket = socket.create_server((self.host, self.port))
-        self.port = self._socket.getsockname()[1]
-        self._server = uvicorn.Server(self._config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name=self._name, daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self._name} did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()  # uvicorn closes its own server; this is the listening socket we made
-        self._server = self._thread = self._socket = None
 
 
 class SupabaseGateway:

@@ -58,7 +58,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from clipgen.fake_replicate.reset import DropConnection
+from clipgen.serving import DropConnection
 
 __all__ = [
     "Bucket",
