@@ -32,6 +32,7 @@ from clipgen.planning import JobPlan, plan_job, pydantic_problems
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
+from supabase import SupabaseException
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 POLL_S = 0.2
@@ -94,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
         # Built once here so a missing credential or unknown name is refused before the flow starts.
         close_quietly(open_provider(provider, settings))
         store = open_store(store_name, settings)
-    except (ValueError, ImportError, AttributeError) as exc:
+    except (ValueError, ImportError, AttributeError, SupabaseException) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
 
     price = "free local preview" if provider == "local" else "estimate"
@@ -197,8 +198,8 @@ def _options(settings: Settings, args: argparse.Namespace) -> GenerationOptions:
         "concurrency": args.concurrency,
         "min_success": args.min_success,
     }
-    base = settings.default_options().model_dump()
     try:
+        base = settings.default_options().model_dump()
         return GenerationOptions.model_validate(base | {k: v for k, v in flags.items() if v is not None})
     except pydantic.ValidationError as exc:
         raise ValidationError(pydantic_problems(exc, prefix="options")) from exc

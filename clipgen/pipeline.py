@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from clipgen.stores.base import (
     thumbnail_object_path,
 )
 
+log = logging.getLogger(__name__)
 ERRORS_IN_SUMMARY = 3
 
 
@@ -90,21 +92,37 @@ def produce_clip(
     """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt."""
     began = time.monotonic()
     previous = _clip_record(store, plan)
-    spent = previous.cost if previous is not None and attempt.number > 1 else 0.0
-    record = _record(plan, status="running", attempts=attempt.number, cost=spent)
+    # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten.
+    record = _record(
+        plan,
+        status="running",
+        attempts=attempt.number,
+        cost=previous.cost if previous else 0.0,
+        prediction_id=previous.prediction_id if previous else None,
+    )
     store.upsert_clip(record)
     files = ClipFiles.of(work_dir, plan.clip_index)
+    known_ids = {record.prediction_id, _read_json(files.prediction).get("prediction_id")} - {None}
+    paid_here: list[str] = []
 
     def created(prediction_id: str) -> None:
+        # On the bill the moment it exists, before any waiting: a prediction that later fails, hangs or
+        # is lost to a crash is still accounted for.
         nonlocal record
         _write_json(files.prediction, {"prediction_id": prediction_id, "plan": _fingerprint(plan)})
-        record = record.model_copy(update={"prediction_id": prediction_id})
+        paid_here.append(prediction_id)
+        record = record.model_copy(
+            update={"prediction_id": prediction_id, "cost": record.cost + plan.estimated_cost}
+        )
         store.upsert_clip(record)
 
     try:
         generation, fresh = _generate_or_reuse(plan, provider, files, created)
-        spent += generation.cost if fresh else 0.0
-        record = record.model_copy(update={"cost": spent, "prediction_id": generation.prediction_id})
+        if fresh and not paid_here and generation.prediction_id not in known_ids:
+            # A provider that does not report creations: its generation is paid for now.
+            record = record.model_copy(update={"cost": record.cost + generation.cost})
+        record = record.model_copy(update={"prediction_id": generation.prediction_id or record.prediction_id})
+        store.upsert_clip(record)
         info = _checked(plan, files)
         try:
             stored = store.put_object(
@@ -113,22 +131,22 @@ def produce_clip(
         except OSError as exc:
             # Free to retry: the paid file stays in the work directory and is reused.
             raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
+        store.upsert_clip(
+            record.model_copy(
+                update={
+                    "status": "success",
+                    "actual_duration": round(info.duration, 3),
+                    "width": info.width,
+                    "height": info.height,
+                    "fps": info.fps,
+                    "video_path": stored.path,
+                    "error": None,
+                }
+            )
+        )
     except Exception as exc:
         _record_failure(store, plan, record, attempt, exc)
         raise
-    store.upsert_clip(
-        record.model_copy(
-            update={
-                "status": "success",
-                "actual_duration": round(info.duration, 3),
-                "width": info.width,
-                "height": info.height,
-                "fps": info.fps,
-                "video_path": stored.path,
-                "error": None,
-            }
-        )
-    )
     # From the first attempt's start when the caller knows it (Prefect's task run start), else this attempt.
     elapsed = (datetime.now(UTC) - started_at).total_seconds() if started_at else time.monotonic() - began
     return Clip(
@@ -139,7 +157,7 @@ def produce_clip(
         original_target_duration=plan.target_duration,
         duration_diff=round(info.duration - plan.target_duration, 3),
         status="success",
-        cost=round(spent, 4),
+        cost=round(record.cost, 4),
         retry_count=attempt.number - 1,
         generation_time=round(elapsed, 3),
         metadata={**plan.metadata, **generation.metadata},
@@ -153,8 +171,12 @@ def produce_clip(
 
 
 def failed_clip(plan: ClipPlan, store: ClipStore, error: BaseException | None) -> Clip:
-    """The Clip for a clip whose attempts are over, from its record (attempts, money spent)."""
-    record = _clip_record(store, plan)
+    """The Clip for a clip whose attempts are over, from its record (attempts, money spent) when readable."""
+    try:
+        record = _clip_record(store, plan)
+    except Exception:
+        log.warning("could not read the record of clip %d", plan.clip_index, exc_info=True)
+        record = None
     attempts = record.attempts if record else 1
     return Clip(
         clip_index=plan.clip_index,
@@ -213,7 +235,7 @@ def announce_start(store: ClipStore, plan: JobPlan) -> Announced:
 
 
 def announce_progress(store: ClipStore, plan: JobPlan, clip: Clip, tally: events.Tally) -> Announced:
-    tally.add(clip)
+    """`tally` already counts `clip`."""
     return _announce(store, plan, events.PROGRESS, events.progress(clip, tally))
 
 
@@ -332,16 +354,19 @@ def _clip_record(store: ClipStore, plan: ClipPlan) -> ClipRecord | None:
 def _record_failure(
     store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception
 ) -> None:
+    """Best effort: when the store is what failed, the original error must still be the one raised."""
     message = _describe(exc)
     retrying = attempt.retries_after(exc)
-    store.upsert_clip(
-        record.model_copy(update={"status": "running" if retrying else "failed", "error": message})
-    )
-    if retrying:
-        delay = max(attempt.next_delay_s, getattr(exc, "retry_after", None) or 0.0)
-        store.append_event(
-            plan.job_id, events.RETRY, events.retry(plan.clip_index, attempt.number, delay, message)
+    try:
+        store.upsert_clip(
+            record.model_copy(update={"status": "running" if retrying else "failed", "error": message})
         )
+        if retrying:
+            delay = max(attempt.next_delay_s, getattr(exc, "retry_after", None) or 0.0)
+            data = events.retry(plan.clip_index, attempt.number, delay, message)
+            store.append_event(plan.job_id, events.RETRY, data)
+    except Exception:
+        log.warning("could not record the failed attempt of clip %d", plan.clip_index, exc_info=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,6 +14,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -69,6 +71,16 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
             raise HTTPException(404, f"unknown job {job_id}")
         return job_id
 
+    def resume_point(after: int | None = None, last_event_id: Annotated[str | None, Header()] = None) -> int:
+        """Where a subscriber resumes. The header wins: a browser's own reconnect sends the last id it saw,
+        while the URL keeps the `after` the page first opened with."""
+        if last_event_id:
+            try:
+                return int(last_event_id)
+            except ValueError:
+                raise HTTPException(400, "Last-Event-ID must be an event id") from None
+        return after or 0
+
     @app.exception_handler(HTTPException)
     async def json_errors(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
@@ -85,11 +97,10 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
 
     @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=guarded)
     async def stream(
-        job_id: Annotated[UUID, Depends(known_job)],
-        after: int | None = None,
-        last_event_id: Annotated[str | None, Header()] = None,
+        job_id: Annotated[UUID, Depends(known_job)], since: Annotated[int, Depends(resume_point)]
     ) -> AsyncIterator[ServerSentEvent]:
-        since = _resume_point(after, last_event_id)
+        if await run_in_threadpool(_seen_the_end, store(), job_id, since):
+            return
         while True:
             batch = await run_in_threadpool(store().events, job_id, since)
             for event in batch:
@@ -128,13 +139,10 @@ def _view(store: ClipStore, job_id: UUID, link: Any) -> JobView:
     return found
 
 
-def _resume_point(after: int | None, last_event_id: str | None) -> int:
-    if after is not None:
-        return after
-    try:
-        return int(last_event_id) if last_event_id else 0
-    except ValueError:
-        raise HTTPException(400, "Last-Event-ID must be an event id") from None
+def _seen_the_end(store: ClipStore, job_id: UUID, since: int) -> bool:
+    """The subscriber already has the job's final event: nothing will follow, so the stream closes at once."""
+    log = store.events(job_id)
+    return is_finished(log) and log[-1].id <= since
 
 
 def _linker(request: Request, store: ClipStore, secret: bytes, settings: Settings) -> Any:
@@ -156,7 +164,20 @@ def _sign(secret: bytes, bucket: str, path: str, expires: int) -> str:
     return hmac.new(secret, f"{bucket}/{path}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
+class _RedactTokens(logging.Filter):
+    """The page sends the API token as `?token=` (EventSource cannot send headers): keep it out of logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s]*")
+
+
 def serve(host: str, port: int) -> None:
     import uvicorn
 
+    logging.getLogger("uvicorn.access").addFilter(_RedactTokens())
     uvicorn.run(create_app(), host=host, port=port, log_level="info")

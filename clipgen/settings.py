@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     concurrency: int = Field(5, ge=1, le=50, validation_alias="VIDEO_GENERATOR_CONCURRENCY")
     min_clips: int = Field(3, ge=1, validation_alias="VIDEO_GENERATOR_MIN_CLIPS")
     clip_timeout_seconds: float | None = Field(
-        None, gt=0, validation_alias="VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS"
+        None, gt=0, le=3600, validation_alias="VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS"
     )
     duration_buffer: float = Field(1.25, ge=1.0, le=2.0, validation_alias="VIDEO_GENERATOR_DURATION_BUFFER")
     retry_backoff_seconds: float = Field(

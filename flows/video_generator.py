@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, cast
 from uuid import UUID
 
@@ -100,23 +101,44 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
             clip_plan = plans[future.task_run_id]
             clip = _settle(future, clip_plan, backends.store)
             clips.append(clip)
-            _mirror(plan, announce_progress(backends.store, plan, clip, tally))
-            update_progress_artifact(
-                artifact, tally.percent, description=f"{tally.finished}/{tally.total} clips"
+            tally.add(clip)
+            _best_effort("progress event", functools.partial(_progress, plan, backends.store, clip, tally))
+            description = f"{tally.finished}/{tally.total} clips"
+            _best_effort(
+                "progress artifact",
+                functools.partial(update_progress_artifact, artifact, tally.percent, description),
             )
             if clip.status == "success":
                 thumbnails.append(runner.submit(generate_thumbnail, {"plan": clip_plan}))
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
 
-    result = _with_thumbnails(Clips.collect(plan.job_id, clips, time.monotonic() - began), backends.store)
+    result = Clips.collect(plan.job_id, clips, time.monotonic() - began)
+    try:
+        result = _with_thumbnails(result, backends.store)
+    except Exception:  # noqa: BLE001 - the clips stand without their thumbnail links
+        get_run_logger().warning("could not read the thumbnails back; the clips are kept", exc_info=True)
     outcome = decide_outcome(result, plan.min_success)
-    _mirror(plan, announce_end(backends.store, plan, result, outcome))
-    create_table_artifact(
-        clip_table(result), key=f"video-clips-{plan.job_id}-table", description=f"Clips: {outcome.message}"
+    _best_effort("final event", lambda: _mirror(plan, announce_end(backends.store, plan, result, outcome)))
+    table = f"video-clips-{plan.job_id}-table"
+    _best_effort(
+        "clips table",
+        lambda: create_table_artifact(clip_table(result), key=table, description=outcome.message),
     )
     tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
     return result, outcome
+
+
+def _progress(plan: JobPlan, store: ClipStore, clip: Clip, tally: events.Tally) -> None:
+    _mirror(plan, announce_progress(store, plan, clip, tally))
+
+
+def _best_effort(what: str, call: Callable[[], object]) -> None:
+    """Reporting must not cost the job its result: a store or API hiccup here is logged, not raised."""
+    try:
+        call()
+    except Exception:  # noqa: BLE001 - see above
+        get_run_logger().warning("%s failed; the job goes on", what, exc_info=True)
 
 
 def _mirror(plan: JobPlan, announced: Announced) -> None:

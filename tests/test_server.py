@@ -4,6 +4,7 @@ writing to the same store. Subscribers use httpx-sse, as an app would."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 from prefect.client.orchestration import get_client
 
 from clipgen import events
-from clipgen.server import create_app
+from clipgen.server import _RedactTokens, create_app
 from clipgen.settings import Settings
 from tests.conftest import REPO
 from tests.stack.gateway import ServerThread
@@ -97,6 +98,18 @@ def test_a_live_subscriber_sees_the_whole_job_and_a_reconnect_resumes(
     # One that joins after the end gets the whole history, and the stream closes.
     late = subscribe(server, job_id)
     assert [(e.id, e.event, e.data) for e in late] == [(e.id, e.event, e.data) for e in live]
+    # One that already saw the final event is told so at once: the stream closes empty.
+    assert subscribe(server, job_id, **{"Last-Event-ID": live[-1].id}) == []
+    # A browser reconnecting to the page's `?after=` URL resumes from its own Last-Event-ID.
+    with (
+        httpx.Client(timeout=30) as client,
+        connect_sse(
+            client, "GET", f"{server}/jobs/{job_id}/events?after=0", headers={"Last-Event-ID": live[-2].id}
+        ) as source,
+    ):
+        assert [e.id for e in source.iter_sse()] == [live[-1].id]
+    bad = httpx.get(f"{server}/jobs/{job_id}/events", headers={"Last-Event-ID": "abc"})
+    assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]
 
 
 def test_status_json_has_counts_clips_and_working_links(server: str, tmp_path: Path, data_dir: Path) -> None:
@@ -159,3 +172,17 @@ def test_every_route_requires_the_token_when_set(data_dir: Path, monkeypatch: py
         assert httpx.get(base + "/healthz?token=s3cret").status_code == 200
         page = httpx.get(f"{base}/jobs/{job}/view?token=s3cret")
         assert page.status_code == 200 and '"token": "s3cret"' in page.text
+
+
+def test_tokens_are_redacted_from_access_logs() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/jobs/x/events?after=3&token=s3cret", "1.1", 200),
+        None,
+    )
+    _RedactTokens().filter(record)
+    assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()

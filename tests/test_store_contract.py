@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 from uuid import UUID, uuid4
 
@@ -123,3 +125,20 @@ def test_events_replay_after_an_id(store: ClipStore) -> None:
 def test_signing_a_missing_object_fails(store: ClipStore) -> None:
     with pytest.raises(Exception):  # noqa: B017 - each store has its own error; what matters is no link
         store.signed_url(VIDEO_BUCKET, f"{uuid4()}/clip_0.mp4")
+
+
+def test_supabase_store_creates_private_buckets_once_even_when_racing(supabase_env: Any) -> None:
+    stores = [open_store("supabase", Settings()) for _ in range(4)]
+    supabase_env.storage.reset()  # no buckets: every store finds them missing and creates them at once
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda s: s._ensure_buckets(), stores))
+    finally:
+        for store in stores:
+            close_quietly(store)
+    assert {name: bucket["public"] for name, bucket in supabase_env.storage.buckets.items()} == {
+        "video-clips": False,
+        "clip-thumbnails": False,
+    }
+    creates = [r for r in supabase_env.storage.requests if r.method == "POST" and r.path.endswith("/bucket")]
+    assert len(creates) >= 2 and {r.status for r in creates} <= {200, 400, 409}

@@ -274,6 +274,9 @@ def _api(call: Callable[[], T]) -> T:
         raise api_error(exc) from exc
     except httpx.TransportError as exc:
         raise TransientError(f"Replicate API unreachable: {exc!r}") from exc
+    except ValueError as exc:
+        # The client's models refuse what they do not know, e.g. status "aborted" (1.0.7): ask again later.
+        raise TransientError(f"Replicate answered something the client cannot read: {exc}") from exc
 
 
 def api_error(exc: ReplicateError) -> GenerationError:

@@ -91,20 +91,31 @@ class SupabaseStore:
         with self._lock:
             if self._buckets_ready:
                 return
-            storage = self._client.storage
             for name in BUCKETS:
-                try:
-                    bucket = storage.get_bucket(name)
-                except StorageApiError as exc:
-                    if _status(exc) not in (400, 404):
-                        raise _storage_error(f"get bucket {name}", exc) from exc
-                    create = functools.partial(storage.create_bucket, name, options={"public": False})
-                    _retry(f"create bucket {name}", create)
-                    log.info("created private bucket %s", name)
-                    continue
-                if bucket.public:
+                if self._bucket_is_public(name):
                     raise PermanentError(f"bucket {name} is public; clips must be private (make it private)")
             self._buckets_ready = True
+
+    def _bucket_is_public(self, name: str) -> bool:
+        """Whether the bucket is public, creating it private when it is missing."""
+        storage = self._client.storage
+        try:
+            return bool(_retry(f"get bucket {name}", functools.partial(storage.get_bucket, name)).public)
+        except PermanentError as exc:
+            if not isinstance(exc.__cause__, StorageApiError) or _status(exc.__cause__) not in (400, 404):
+                raise
+        try:
+            _retry(
+                f"create bucket {name}",
+                functools.partial(storage.create_bucket, name, options={"public": False}),
+            )
+            log.info("created private bucket %s", name)
+        except PermanentError as exc:
+            # Another process created it first: fine, as long as it is private.
+            if not isinstance(exc.__cause__, StorageApiError) or _status(exc.__cause__) != 409:
+                raise
+            return self._bucket_is_public(name)
+        return False
 
     # --- records -----------------------------------------------------------------------------------------
 
