@@ -224,13 +224,19 @@ def test_indexes_exist(supabase_db: SupabaseDb) -> None:
     )
     indexes = dict(line.split("|", 1) for line in listing.splitlines())
     assert "(job_id, id)" in indexes["job_events_job_id_id_idx"]
-    assert "WHERE (prediction_id IS NOT NULL)" in indexes["clips_prediction_id_idx"]
     unique_job_clip = {
         definition.split(" ON ")[1].split(" ")[0]
         for definition in indexes.values()
         if definition.startswith("CREATE UNIQUE INDEX") and definition.endswith("(job_id, clip_index)")
     }
     assert unique_job_clip == {"public.clips", "public.clip_thumbnails"}
+
+
+def test_only_the_service_role_may_append_events(supabase_db: SupabaseDb) -> None:
+    check = "select has_function_privilege('{role}', 'public.append_job_event(uuid, text, jsonb)', 'execute')"
+    assert supabase_db.postgres.psql(check.format(role="service_role")) == "t"
+    assert supabase_db.postgres.psql(check.format(role="anon")) == "f"
+    assert supabase_db.postgres.psql(check.format(role="authenticated")) == "f"
 
 
 def test_postgrest_is_the_pinned_release(supabase_db: SupabaseDb) -> None:

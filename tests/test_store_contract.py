@@ -3,6 +3,7 @@ with the fake Storage API behind the same base URL) must behave the same, so the
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,3 +143,32 @@ def test_supabase_store_creates_private_buckets_once_even_when_racing(supabase_e
     }
     creates = [r for r in supabase_env.storage.requests if r.method == "POST" and r.path.endswith("/bucket")]
     assert len(creates) >= 2 and {r.status for r in creates} <= {200, 400, 409}
+
+
+def test_a_follower_never_skips_an_event_while_threads_append(store: ClipStore) -> None:
+    job_id = uuid4()
+    writers, each = 4, 25
+    seen: list[int] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        last = 0
+        while not done.is_set() or len(seen) < writers * each:
+            for event in store.events(job_id, after=last):
+                seen.append(event.id)
+                last = event.id
+            if done.is_set() and len(store.events(job_id)) == len(seen):
+                return
+
+    def write(n: int) -> None:
+        for i in range(each):
+            store.append_event(job_id, "e", {"writer": n, "i": i})
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    done.set()
+    follower.join(timeout=60)
+    assert sorted(seen) == [e.id for e in store.events(job_id)]  # every event, none skipped or repeated
+    assert len(seen) == writers * each

@@ -51,8 +51,25 @@ create table if not exists public.job_events (
 
 -- The reads we do: a job's clips and thumbnails (covered by the unique keys), its events after an id.
 create index if not exists job_events_job_id_id_idx on public.job_events (job_id, id);
--- Finding prediction ids to adopt or cancel after a crash.
-create index if not exists clips_prediction_id_idx on public.clips (prediction_id) where prediction_id is not null;
+
+-- Appending to a job's log. Readers follow it with `id > last seen`, so ids must become visible in order;
+-- identity values are handed out at insert and could commit out of order between concurrent writers. One
+-- writer per job at a time (a transaction-scoped advisory lock) makes commit order equal id order.
+create or replace function public.append_job_event(p_job_id uuid, p_event text, p_data jsonb)
+returns bigint
+language plpgsql
+security invoker
+set search_path = ''
+as $$
+declare
+    new_id bigint;
+begin
+    perform pg_advisory_xact_lock(hashtextextended(p_job_id::text, 0));
+    insert into public.job_events (job_id, event, data) values (p_job_id, p_event, p_data)
+    returning id into new_id;
+    return new_id;
+end;
+$$;
 
 alter table public.clips enable row level security;
 alter table public.clip_thumbnails enable row level security;
@@ -64,3 +81,5 @@ revoke all on sequence public.clips_id_seq, public.clip_thumbnails_id_seq, publi
     from anon, authenticated;
 grant select, insert, update, delete on table public.clips, public.clip_thumbnails, public.job_events
     to service_role;
+revoke all on function public.append_job_event(uuid, text, jsonb) from public, anon, authenticated;
+grant execute on function public.append_job_event(uuid, text, jsonb) to service_role;
