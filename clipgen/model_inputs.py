@@ -39,6 +39,8 @@ def build_request(plan: ClipPlan, image_uri: ImageToUri) -> ModelRequest:
     inputs, notes = builder(plan, spec, image_uri)
     if plan.character_images and "character_references" not in notes:
         notes["character_references"] = spec.character_references
+    if plan.object_images:
+        notes["object_references"] = "not sent: no model in the catalog takes object references"
     return ModelRequest(model=spec.replicate_model, version=spec.version, input=inputs, notes=notes)
 
 
