@@ -143,6 +143,24 @@ def test_status_json_has_counts_clips_and_working_links(server: str, tmp_path: P
     assert {row["status"] for row in rows} == {"success"}
     assert all(row["video"].startswith("file://") for row in rows)
 
+    # And the progress as Prefect events, with the job as the resource (the UI's feed, automations).
+    names = prefect_events(f"video-generator.job.{job_id}", want=5)
+    assert names == ["video-generator.video_generation_start"] + [
+        "video-generator.video_generation_progress"
+    ] * 3 + ["video-generator.video_generation_complete"]
+
+
+def prefect_events(resource_id: str, want: int, timeout_s: float = 30) -> list[str]:
+    # Events reach the server asynchronously (a websocket): wait for them, within a bound.
+    deadline = time.monotonic() + timeout_s
+    query = {"filter": {"any_resource": {"id": [resource_id]}, "order": "ASC"}, "limit": 50}
+    with get_client(sync_client=True) as client:
+        while True:
+            found = client._client.post("/events/filter", json=query).json()["events"]
+            if len(found) >= want or time.monotonic() > deadline:
+                return [event["event"] for event in found]
+            time.sleep(0.3)
+
 
 def latest_artifact(key: str) -> dict[str, Any]:
     # By key: Prefect 3.8.8's artifact filter endpoint misses artifacts that this route finds.

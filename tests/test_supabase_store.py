@@ -46,7 +46,9 @@ def supabase(url: str, key: str) -> Iterator[Client]:
 
 def rows(stack: Any, table: str) -> list[dict[str, Any]]:
     with supabase(stack.url, stack.service_key) as client:
-        data: list[dict[str, Any]] = client.table(table).select("*").eq("job_id", JOB_ID).execute().data
+        # Ordered: without it PostgREST's rows come in no promised order.
+        query = client.table(table).select("*").eq("job_id", JOB_ID).order("id")
+        data: list[dict[str, Any]] = query.execute().data
     return data
 
 
