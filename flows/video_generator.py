@@ -43,6 +43,8 @@ from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 from tasks.clips import generate_clip, generate_thumbnail, retry_delays
 
+THUMBNAIL_WORKERS = 2
+
 
 @flow(name="generate-video-clips", flow_run_name="video-clips-{job.job_id}", validate_parameters=True)
 def generate_video_clips(
@@ -94,7 +96,12 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
     thumbnails: list[PrefectFuture[str]] = []
 
     # A runner of our own, so options.concurrency holds however the flow is started (CLI, UI, schedule).
-    with ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner:
+    # Thumbnails get their own: queued behind the clips still waiting for a slot, they would only come
+    # at the end; they call nothing paid and take milliseconds, so they need no share of the clips' cap.
+    with (
+        ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner,
+        ThreadPoolTaskRunner[Any](max_workers=THUMBNAIL_WORKERS) as thumbnail_runner,
+    ):
         futures = runner.map(clip_task, {"plan": plan.clips})
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
         for future in as_completed(futures):
@@ -109,7 +116,7 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
                 functools.partial(update_progress_artifact, artifact, tally.percent, description),
             )
             if clip.status == "success":
-                thumbnails.append(runner.submit(generate_thumbnail, {"plan": clip_plan}))
+                thumbnails.append(thumbnail_runner.submit(generate_thumbnail, {"plan": clip_plan}))
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
 

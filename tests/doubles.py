@@ -86,3 +86,9 @@ class FlakyUploadStore(LocalStore):
             self.failures -= 1
             raise ConnectionResetError(f"scripted storage outage writing {bucket}/{path}")
         return super().put_object(bucket, path, source, content_type)
+
+
+def paced_provider(settings: object) -> ScriptedProvider:
+    """A provider factory (`--provider tests.doubles:paced_provider`): one second per clip, for tests that
+    watch a job unfold from another process."""
+    return ScriptedProvider(delay_s=1.0)

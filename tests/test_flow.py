@@ -181,3 +181,12 @@ def test_failed_thumbnail_never_fails_the_job() -> None:
     result = state.result()
     assert result.successful_clips == 3
     assert all(clip.thumbnail_url is None for clip in result.clips)
+
+
+def test_thumbnails_come_as_clips_land_not_after_the_last() -> None:
+    job = make_job(4)
+    run(job, ScriptedProvider(delay_s=0.3), concurrency=1)  # later clips still queued when the first lands
+    names = event_names(job)
+    first_thumbnail = names.index(events.THUMBNAIL_READY)
+    last_progress = len(names) - 1 - names[::-1].index(events.PROGRESS)
+    assert first_thumbnail < last_progress, names

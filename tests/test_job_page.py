@@ -65,7 +65,9 @@ def thumbnails_loaded(driver: webdriver.Chrome) -> int:
 
 def test_the_job_page_fills_in_live(browser: webdriver.Chrome, tmp_path: Path, data_dir: Path) -> None:
     with ServerThread(create_app(Settings(), poll_interval_s=0.1), lifespan="on") as server:
-        job_id, process = start_job(tmp_path, data_dir, clips=CLIPS)
+        # Paced: a clip a second, one at a time, so the page is seen filling in however fast the machine is.
+        flags = ("--provider", "tests.doubles:paced_provider", "--concurrency", "1")
+        job_id, process = start_job(tmp_path, data_dir, CLIPS, 4.0, *flags)
         try:
             wait_for_job(server.base_url, job_id)
             browser.get(f"{server.base_url}/jobs/{job_id}/view")

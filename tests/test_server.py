@@ -35,12 +35,16 @@ def server(data_dir: Path) -> Iterator[str]:
         yield thread.base_url
 
 
-def start_job(tmp_path: Path, data_dir: Path, clips: int = CLIPS) -> tuple[str, subprocess.Popen[str]]:
+def start_job(
+    tmp_path: Path, data_dir: Path, clips: int = CLIPS, duration: float = 4.0, *flags: str
+) -> tuple[str, subprocess.Popen[str]]:
     """The example's text-only clip, `clips` times, run by the CLI in its own process."""
     from prefect.settings import PREFECT_API_URL
 
     job_id = str(uuid4())
-    prompts = [{"clip_index": i, "prompt": f"a lantern, take {i}", "duration": 4.0} for i in range(clips)]
+    prompts = [
+        {"clip_index": i, "prompt": f"a lantern, take {i}", "duration": duration} for i in range(clips)
+    ]
     job = tmp_path / "job.json"
     job.write_text(json.dumps({"job_id": job_id, "clip_prompts": prompts}))
     env = {
@@ -49,7 +53,18 @@ def start_job(tmp_path: Path, data_dir: Path, clips: int = CLIPS) -> tuple[str, 
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "clipgen.cli", "run", str(job), "--model", "veo-3.1", "--concurrency", "2"],
+        [
+            sys.executable,
+            "-m",
+            "clipgen.cli",
+            "run",
+            str(job),
+            "--model",
+            "veo-3.1",
+            "--concurrency",
+            "2",
+            *flags,
+        ],
         cwd=REPO,
         env=env,
         text=True,
