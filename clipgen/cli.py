@@ -32,7 +32,6 @@ from clipgen.planning import JobPlan, plan_job, pydantic_problems
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
-from supabase import SupabaseException
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 POLL_S = 0.2
@@ -95,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         # Built once here so a missing credential or unknown name is refused before the flow starts.
         close_quietly(open_provider(provider, settings))
         store = open_store(store_name, settings)
-    except (ValueError, ImportError, AttributeError, SupabaseException) as exc:
+    except (ValueError, ImportError, AttributeError) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
 
     price = "free local preview" if provider == "local" else "estimate"

@@ -64,6 +64,11 @@ class TransientError(GenerationError):
         self.retry_after = retry_after
 
 
+def is_retryable(error: BaseException | None) -> bool:
+    """The retry rule in one place: only a TransientError is worth another (possibly paid) attempt."""
+    return isinstance(error, TransientError)
+
+
 class PermanentError(GenerationError):
     """Another attempt would fail the same way; retrying only spends money."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipgen import events
-from clipgen.errors import GenerationError, MediaError, TransientError
+from clipgen.errors import GenerationError, MediaError, TransientError, is_retryable
 from clipgen.job import Clip, Clips
 from clipgen.media import VideoInfo, make_thumbnail, probe
 from clipgen.planning import ClipPlan, JobPlan, check_delivered
@@ -49,7 +49,7 @@ class Attempt:
     next_delay_s: float = 0.0
 
     def retries_after(self, exc: BaseException) -> bool:
-        return isinstance(exc, TransientError) and self.number < self.of
+        return is_retryable(exc) and self.number < self.of
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ Every problem with a job is found here, before any clip task runs, so a bad job 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field
 from clipgen.catalog import MODELS, ModelSpec
 from clipgen.errors import ClipShapeMismatch, ClipTooShort, Problem, ValidationError
 from clipgen.job import ClipPrompt, ClipPrompts, GenerationOptions
+from clipgen.media import matches_aspect
 
 ACCEPT_SHORTFALL_S = 2.0
 """A clip is accepted when it is at least this much shorter than the prompt's target, or longer."""
@@ -232,8 +232,7 @@ def check_delivered(plan: ClipPlan, duration: float, width: int, height: int) ->
             f"clip {plan.clip_index} is {duration:.2f} s; needs at least {plan.min_duration:.2f} s "
             f"(target {plan.target_duration:g} s - {ACCEPT_SHORTFALL_S:g} s)"
         )
-    w, h = (int(part) for part in plan.aspect_ratio.split(":"))
-    if not math.isclose(width / height, w / h, rel_tol=ASPECT_TOLERANCE):
+    if not matches_aspect(width, height, plan.aspect_ratio, ASPECT_TOLERANCE):
         raise ClipShapeMismatch(f"clip {plan.clip_index} is {width}x{height}, not {plan.aspect_ratio}")
 
 

@@ -11,7 +11,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 
 from clipgen.backends import Backends, backends_of_run
-from clipgen.errors import TransientError
+from clipgen.errors import is_retryable
 from clipgen.job import Clip
 from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbnail
 from clipgen.planning import ClipPlan
@@ -27,13 +27,7 @@ def retry_delays(backoff_seconds: float) -> list[float]:
 
 def is_transient(task: Task[..., Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Retry only what may succeed next time; a permanent error or a bug fails at once."""
-    try:
-        state.result()
-    except TransientError:
-        return True
-    except Exception:  # noqa: BLE001 - anything else is permanent by definition here
-        return False
-    return False
+    return is_retryable(state.result(raise_on_failure=False))
 
 
 def _context() -> tuple[TaskRunContext, Backends]:

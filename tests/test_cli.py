@@ -296,3 +296,13 @@ def test_flow_file_runs_as_a_script(example_job: Path, data_dir: Path, tmp_path:
     assert done.returncode == 0, done.stderr
     assert "Completed: 3/3 clips" in done.stdout
     assert json.loads(output.read_text())["successful_clips"] == 3
+
+
+def test_malformed_supabase_url_exits_2_naming_it(
+    example_job: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SUPABASE_URL", "not a url")
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", "key")
+    assert main(["run", str(example_job), "--store", "supabase"]) == 2
+    err = capsys.readouterr().err
+    assert "SUPABASE_URL" in err and "Traceback" not in err

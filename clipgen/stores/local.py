@@ -209,11 +209,3 @@ class LocalStore:
                 (str(job_id),),
             ).fetchall()
         return [dict(row) for row in rows]
-
-    def job_ids(self) -> list[UUID]:
-        """Jobs that have logged events, the most recently started (by first event) first."""
-        with closing(self._connect()) as conn:
-            rows = conn.execute(
-                "SELECT job_id FROM job_events GROUP BY job_id ORDER BY MIN(id) DESC"
-            ).fetchall()
-        return [UUID(row["job_id"]) for row in rows]

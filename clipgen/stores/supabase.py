@@ -33,7 +33,7 @@ from clipgen.stores.base import (
     StoredObject,
     ThumbnailRecord,
 )
-from supabase import Client, ClientOptions, create_client
+from supabase import Client, ClientOptions, SupabaseException, create_client
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,7 +65,11 @@ class SupabaseStore:
             persist_session=False,
         )
         key = settings.supabase_service_role_key.get_secret_value()
-        client = create_client(settings.supabase_url, key, options)
+        try:
+            client = create_client(settings.supabase_url, key, options)
+        except SupabaseException as exc:  # e.g. a malformed URL: a configuration error like the ones above
+            http.close()
+            raise ValueError(f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {exc}") from exc
         return cls(client, signed_url_ttl_s=settings.signed_url_ttl_seconds, http=http)
 
     def close(self) -> None:
