@@ -2,10 +2,14 @@
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
         [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+    video-generator submit JOB.json [--model KEY] [--aspect-ratio R] [--store local|supabase]
+        [--concurrency N] [--min-success N] [--max-attempts N]
+    video-generator setup-prefect [--work-pool NAME] [--prediction-limit N]
     video-generator serve [--host H] [--port P]
     video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
 
-Exit codes: 0 the flow completed, 1 it failed, 2 the input was refused (before any paid call).
+Exit codes: 0 the flow completed (or the job was queued), 1 it failed, 2 the input was refused (before any
+paid call).
 """
 
 from __future__ import annotations
@@ -51,16 +55,37 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="generate the clips of one job")
-    run.add_argument("job", type=Path, metavar="JOB.json")
-    run.add_argument("--model", help=f"{' | '.join(MODELS)} (default kling-v2.5-turbo)")
-    run.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9; depends on the model)")
+    _job_arguments(run)
     run.add_argument("--provider", help=f"{' | '.join(known_providers())} (env VIDEO_GENERATOR_PROVIDER)")
-    run.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
-    run.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
-    run.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
     run.add_argument("--output", type=Path, help="write the Clips JSON here")
     run.add_argument("--verbose", action="store_true", help="show Prefect's own logs")
     run.set_defaults(command=_run)
+
+    submit = commands.add_parser(
+        "submit", help="queue a job for the video-generator-queue deployment (checked first, like run)"
+    )
+    _job_arguments(submit)
+    submit.add_argument(
+        "--max-attempts",
+        type=int,
+        help="runs before it is failed for good (env VIDEO_GENERATOR_QUEUE_MAX_ATTEMPTS, 3)",
+    )
+    submit.set_defaults(command=_submit)
+
+    setup = commands.add_parser(
+        "setup-prefect",
+        help="create the work pool and the global prediction limit on the Prefect server at PREFECT_API_URL",
+    )
+    setup.add_argument(
+        "--work-pool", default="video-generator", help="process work pool (default video-generator)"
+    )
+    setup.add_argument(
+        "--prediction-limit",
+        type=int,
+        default=10,
+        help="paid predictions in flight at once across every run and worker (default 10)",
+    )
+    setup.set_defaults(command=_setup_prefect)
 
     server = commands.add_parser(
         "serve", help="serve progress (SSE), job status and job pages over the store"
@@ -81,15 +106,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    settings = _settings()
+def _job_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("job", type=Path, metavar="JOB.json")
+    command.add_argument("--model", help=f"{' | '.join(MODELS)} (default kling-v2.5-turbo)")
+    command.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9; depends on the model)")
+    command.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
+    command.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
+    command.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
+
+
+def _checked_job(
+    settings: Settings, args: argparse.Namespace
+) -> tuple[ClipPrompts, GenerationOptions, JobPlan]:
+    """The job and options from the command line, planned: every refusal happens here, before any call."""
     job = load_job(args.job)
     options = _options(settings, args)
-    provider = args.provider or settings.provider
-    store_name = args.store or settings.store
     plan = plan_job(
         job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
     )
+    return job, options, plan
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _settings()
+    job, options, plan = _checked_job(settings, args)
+    provider = args.provider or settings.provider
+    store_name = args.store or settings.store
     try:
         # Built once here so a missing credential or unknown name is refused before the flow starts.
         close_quietly(open_provider(provider, settings))
@@ -131,6 +173,51 @@ def _run(args: argparse.Namespace) -> int:
         args.output.write_text(result.model_dump_json(indent=2))
     _print_summary(result, state.is_completed(), state.message or "", args.output)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from clipgen.queueing import queue_of
+    from clipgen.stores.queue import JobBusy
+
+    settings = _settings()
+    job, options, plan = _checked_job(settings, args)
+    max_attempts = args.max_attempts if args.max_attempts is not None else settings.queue_max_attempts
+    if max_attempts < 1:
+        raise ValidationError.one("--max-attempts", "must be at least 1")
+    store_name = args.store or settings.store
+    try:
+        store = open_store(store_name, settings)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ValidationError.one("--store", str(exc)) from exc
+    try:
+        queued = queue_of(store, store_name).enqueue_job(
+            job.job_id, job.model_dump(mode="json"), options.model_dump(mode="json"), max_attempts
+        )
+    except JobBusy as exc:
+        print(f"video-generator: not queued: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        close_quietly(store)
+    print(
+        f"queued job {queued.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
+        f"store {store_name} · up to {queued.max_attempts} runs · "
+        f"estimate on Replicate ${plan.estimated_cost:.2f}"
+    )
+    return EXIT_OK
+
+
+def _setup_prefect(args: argparse.Namespace) -> int:
+    from deployments.setup import PrefectSetupError, setup_prefect
+
+    settings = _settings()
+    if args.prediction_limit < 1:
+        raise ValidationError.one("--prediction-limit", "must be at least 1")
+    try:
+        for line in setup_prefect(args.work_pool, settings.prediction_limit, args.prediction_limit):
+            print(line)
+    except PrefectSetupError as exc:
+        raise ValidationError.one(exc.field, str(exc)) from exc
+    return EXIT_OK
 
 
 def _serve(args: argparse.Namespace) -> int:

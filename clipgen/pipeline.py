@@ -15,6 +15,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,8 +89,13 @@ def produce_clip(
     work_dir: Path,
     attempt: Attempt,
     started_at: datetime | None = None,
+    slot: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> Clip:
-    """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt."""
+    """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt.
+
+    `slot` is held while the provider works (from before its request is created until it returns), so a
+    cap on in-flight predictions shared by every run and worker can be put around it.
+    """
     began = time.monotonic()
     previous = _clip_record(store, plan)
     # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten.
@@ -117,7 +123,7 @@ def produce_clip(
         store.upsert_clip(record)
 
     try:
-        generation, fresh = _generate_or_reuse(plan, provider, files, created)
+        generation, fresh = _generate_or_reuse(plan, provider, files, created, slot)
         if fresh and not paid_here and generation.prediction_id not in known_ids:
             # A provider that does not report creations: its generation is paid for now.
             record = record.model_copy(update={"cost": record.cost + generation.cost})
@@ -281,7 +287,11 @@ def tidy_work_dir(work_dir: Path, result: Clips) -> None:
 
 
 def _generate_or_reuse(
-    plan: ClipPlan, provider: VideoProvider, files: ClipFiles, created: Callable[[str], None]
+    plan: ClipPlan,
+    provider: VideoProvider,
+    files: ClipFiles,
+    created: Callable[[str], None],
+    slot: Callable[[], AbstractContextManager[object]],
 ) -> tuple[Generation, bool]:
     fingerprint = _fingerprint(plan)
     if files.video.is_file() and files.sidecar.is_file():
@@ -293,7 +303,8 @@ def _generate_or_reuse(
     kept_id = pending.get("prediction_id")
     resume = kept_id if isinstance(kept_id, str) and pending.get("plan") == fingerprint else None
     files.video.parent.mkdir(parents=True, exist_ok=True)
-    generation = provider.generate(plan, files.video, resume=resume, on_created=created)
+    with slot():
+        generation = provider.generate(plan, files.video, resume=resume, on_created=created)
     generation.metadata["plan_fingerprint"] = fingerprint
     _write_json(files.sidecar, generation.model_dump(mode="json"))
     return generation, True

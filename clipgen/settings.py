@@ -50,6 +50,31 @@ class Settings(BaseSettings):
         validation_alias="VIDEO_GENERATOR_THUMBNAIL_WAIT_SECONDS",
         description="How long the flow waits for outstanding thumbnails before it returns.",
     )
+    prediction_limit: str = Field(
+        "replicate-predictions",
+        validation_alias="VIDEO_GENERATOR_PREDICTION_LIMIT",
+        description="Prefect global concurrency limit that caps in-flight paid predictions across every run "
+        "and worker (created by `video-generator setup-prefect`); empty to not take slots.",
+    )
+    queue_lease_seconds: float = Field(
+        300.0,
+        ge=1,
+        validation_alias="VIDEO_GENERATOR_QUEUE_LEASE_SECONDS",
+        description="How long a queue run's claim on a job lasts without renewal; a crashed run's job is "
+        "claimable again after it. Renewed every third of it while the job runs.",
+    )
+    queue_max_attempts: int = Field(
+        3,
+        ge=1,
+        validation_alias="VIDEO_GENERATOR_QUEUE_MAX_ATTEMPTS",
+        description="Runs a submitted job gets before it is marked failed for good.",
+    )
+    queue_retry_delay_seconds: float = Field(
+        60.0,
+        ge=0,
+        validation_alias="VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS",
+        description="How long a failed queued job waits before it may be claimed again.",
+    )
     replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str | None = Field(None, validation_alias="REPLICATE_BASE_URL")
     replicate_poll_interval_seconds: float = Field(

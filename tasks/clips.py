@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
 from prefect.tasks import Task, exponential_backoff
 
@@ -60,7 +64,21 @@ def generate_clip(plan: ClipPlan) -> Clip:
         job_work_dir(backends.settings.work_dir, plan),
         Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
         started_at=context.task_run.start_time,
+        slot=prediction_slot(backends),
     )
+
+
+def prediction_slot(backends: Backends) -> Callable[[], AbstractContextManager[object]]:
+    """A slot of the global concurrency limit for each paid prediction, shared by every run and worker.
+
+    Prefect leases the slot and renews it while it is held, so a crashed process gives it back. A limit
+    that does not exist is skipped with a warning (run `video-generator setup-prefect`); the local renderer
+    calls nothing paid and takes no slot.
+    """
+    name = backends.settings.prediction_limit
+    if not name or not backends.provider.paid:
+        return nullcontext
+    return functools.partial(concurrency, name, occupy=1)
 
 
 @task(

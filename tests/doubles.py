@@ -33,8 +33,13 @@ class ScriptedProvider:
     name = "scripted"
 
     def __init__(
-        self, script: dict[int, list[str]] | None = None, delay_s: float = 0.0, cost: float = 0.1
+        self,
+        script: dict[int, list[str]] | None = None,
+        delay_s: float = 0.0,
+        cost: float = 0.1,
+        paid: bool = False,
     ) -> None:
+        self.paid = paid  # paid generations take a slot of the global prediction limit
         self.script = script or {}
         self.delay_s = delay_s
         self.cost = cost

@@ -23,6 +23,8 @@ class VideoProvider(Protocol):
     """Implementations raise TransientError or PermanentError (clipgen.errors) and nothing else on purpose."""
 
     name: str
+    # Whether each generation is a paid remote request; those take a slot of the global prediction limit.
+    paid: bool
 
     def generate(
         self,

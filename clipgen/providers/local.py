@@ -20,6 +20,7 @@ class LocalProvider:
     """
 
     name = "local"
+    paid = False
 
     def generate(
         self,

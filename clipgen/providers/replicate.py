@@ -57,6 +57,7 @@ class OutputGone(TransientError):
 
 class ReplicateProvider:
     name = "replicate"
+    paid = True
 
     def __init__(
         self,

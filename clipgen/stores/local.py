@@ -9,15 +9,29 @@ import sqlite3
 import tempfile
 import threading
 from contextlib import closing
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from clipgen.stores.base import BUCKETS, ClipRecord, StoredEvent, StoredObject, ThumbnailRecord
+from clipgen.stores.queue import (
+    DEFAULT_MAX_ATTEMPTS,
+    JobBusy,
+    JobStatus,
+    QueuedJob,
+    check_enqueue_args,
+    check_lease,
+)
 
 DB_FILENAME = "video_generator.db"
 STORAGE_DIRNAME = "storage"
+
+# One fixed shape for every stored time, so text order is time order. (datetime.isoformat() drops the
+# microseconds when they are 0, and "...:05+00:00" sorts after "...:05.5+00:00".)
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+# The same shape from SQLite's clock, for column defaults (SQLite has milliseconds: pad to microseconds).
+_SQL_NOW = "(strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000+00:00')"
 
 # Each entry upgrades the schema by one version (recorded in PRAGMA user_version). Append, never edit:
 # a database already at version N only runs the entries after N. Names are shared with the Postgres store.
@@ -42,6 +56,23 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             job_id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, created_at TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS job_events_job_id_id ON job_events (job_id, id)",
     ),
+    # 2: the job queue (clipgen/stores/queue.py). Every column but job_id and job has a default, so an app
+    # can queue a job with `INSERT INTO video_jobs (job_id, job) VALUES ('<lowercase uuid>', '{...}')`.
+    # Times are _TIME_FORMAT text (the default writes the same shape), so comparing strings compares times.
+    (
+        f"""CREATE TABLE IF NOT EXISTS video_jobs (
+            job_id TEXT PRIMARY KEY CHECK (length(job_id) = 36 AND job_id = lower(job_id)),
+            job TEXT NOT NULL CHECK (json_type(job) = 'object'),
+            options TEXT CHECK (options IS NULL OR json_type(options) = 'object'),
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+            max_attempts INTEGER NOT NULL DEFAULT {DEFAULT_MAX_ATTEMPTS} CHECK (max_attempts > 0),
+            available_at TEXT NOT NULL DEFAULT {_SQL_NOW},
+            claim_token TEXT, claimed_by TEXT, claimed_at TEXT, lease_expires_at TEXT, last_error TEXT,
+            created_at TEXT NOT NULL DEFAULT {_SQL_NOW}, updated_at TEXT NOT NULL DEFAULT {_SQL_NOW})""",
+        "CREATE INDEX IF NOT EXISTS video_jobs_claim ON video_jobs (status, created_at)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -53,14 +84,14 @@ _THUMBNAIL_COLUMNS = ("job_id", "clip_index", "thumbnail_path", "thumbnail_url")
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    return _iso(datetime.now(UTC))
 
 
 def _iso(value: datetime | None) -> str:
     if value is None:
         return _now()
     # A naive datetime is taken to be UTC, so every stored timestamp carries its offset.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).strftime(_TIME_FORMAT)
 
 
 def _upsert_sql(table: str, columns: tuple[str, ...], timestamps: tuple[str, ...]) -> str:
@@ -209,3 +240,169 @@ class LocalStore:
                 (str(job_id),),
             ).fetchall()
         return [dict(row) for row in rows]
+
+    # -- job queue (clipgen/stores/queue.py) ---------------------------------------------------------
+    # Each operation is one BEGIN IMMEDIATE transaction: it holds SQLite's single write lock from its first
+    # read, so no other thread or process can claim, finish or re-queue the same row in between.
+
+    def _write(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the write lock
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def enqueue_job(
+        self,
+        job_id: UUID,
+        job: dict[str, Any],
+        options: dict[str, Any] | None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> QueuedJob:
+        check_enqueue_args(max_attempts)
+        params = {
+            "job_id": str(job_id),
+            "job": json.dumps(job),
+            "options": None if options is None else json.dumps(options),
+            "max_attempts": max_attempts,
+        }
+        with closing(self._write()) as conn, conn:
+            now = _now()  # read under the write lock: no claim can happen between this and the write
+            current = conn.execute(
+                "SELECT status, claimed_by, lease_expires_at FROM video_jobs WHERE job_id = ?",
+                (str(job_id),),
+            ).fetchone()
+            if current is None:
+                conn.execute(
+                    "INSERT INTO video_jobs (job_id, job, options, max_attempts, available_at, created_at, "
+                    "updated_at) VALUES (:job_id, :job, :options, :max_attempts, :now, :now, :now)",
+                    {**params, "now": now},
+                )
+            elif (
+                current["status"] == "running"
+                and current["lease_expires_at"] is not None
+                and current["lease_expires_at"] >= now
+            ):
+                raise JobBusy(
+                    f"job {job_id} is running (claimed by {current['claimed_by']}, lease expires at "
+                    f"{current['lease_expires_at']}); queue it again once it has finished"
+                )
+            else:
+                conn.execute(_REQUEUE, {**params, "now": now})
+            return _written_job(conn, job_id)
+
+    def claim_job(self, worker: str, lease_seconds: float) -> QueuedJob | None:
+        check_lease(lease_seconds)
+        with closing(self._write()) as conn, conn:
+            now = datetime.now(UTC)
+            conn.execute(_ABANDON, {"now": _iso(now)})
+            picked = conn.execute(_PICK, {"now": _iso(now)}).fetchone()
+            if picked is None:
+                return None
+            conn.execute(
+                "UPDATE video_jobs SET status = 'running', attempts = attempts + 1, claim_token = :token, "
+                "claimed_by = :worker, claimed_at = :now, lease_expires_at = :lease, updated_at = :now "
+                "WHERE job_id = :job_id",
+                {
+                    "job_id": picked["job_id"],
+                    "token": str(uuid4()),
+                    "worker": worker,
+                    "now": _iso(now),
+                    "lease": _iso(now + timedelta(seconds=lease_seconds)),
+                },
+            )
+            return _written_job(conn, picked["job_id"])
+
+    def renew_claim(self, job_id: UUID, claim_token: UUID, lease_seconds: float) -> bool:
+        check_lease(lease_seconds)
+        with closing(self._write()) as conn, conn:
+            now = datetime.now(UTC)
+            cursor = conn.execute(
+                "UPDATE video_jobs SET lease_expires_at = ?, updated_at = ? "
+                "WHERE job_id = ? AND status = 'running' AND claim_token = ?",
+                (_iso(now + timedelta(seconds=lease_seconds)), _iso(now), str(job_id), str(claim_token)),
+            )
+            return cursor.rowcount == 1
+
+    def finish_job(
+        self,
+        job_id: UUID,
+        claim_token: UUID,
+        *,
+        succeeded: bool,
+        error: str | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> JobStatus | None:
+        with closing(self._write()) as conn, conn:
+            now = datetime.now(UTC)
+            held = conn.execute(
+                "SELECT attempts, max_attempts, available_at FROM video_jobs "
+                "WHERE job_id = ? AND status = 'running' AND claim_token = ?",
+                (str(job_id), str(claim_token)),
+            ).fetchone()
+            if held is None:
+                return None
+            status: JobStatus
+            available_at = held["available_at"]
+            if succeeded:
+                status = "succeeded"
+            elif retry_after_seconds is not None and held["attempts"] < held["max_attempts"]:
+                status = "queued"
+                available_at = _iso(now + timedelta(seconds=max(retry_after_seconds, 0.0)))
+            else:
+                status = "failed"
+            conn.execute(
+                "UPDATE video_jobs SET status = ?, available_at = ?, last_error = ?, claim_token = NULL, "
+                "lease_expires_at = NULL, updated_at = ? WHERE job_id = ?",
+                (status, available_at, error, _iso(now), str(job_id)),
+            )
+            return status
+
+    def queued_job(self, job_id: UUID) -> QueuedJob | None:
+        with closing(self._connect()) as conn:
+            row = _job_row(conn, job_id)
+        return None if row is None else _queued_job(row)
+
+
+# Re-queue a job that is not running under a live lease: a fresh start that keeps created_at (its place).
+_REQUEUE = (
+    "UPDATE video_jobs SET job = :job, options = :options, max_attempts = :max_attempts, status = 'queued', "
+    "attempts = 0, available_at = :now, claim_token = NULL, claimed_by = NULL, claimed_at = NULL, "
+    "lease_expires_at = NULL, last_error = NULL, updated_at = :now WHERE job_id = :job_id"
+)
+# Claims whose lease expired with no attempts left: failed, so they are not handed out again.
+_ABANDON = (
+    "UPDATE video_jobs SET status = 'failed', "
+    "last_error = 'abandoned: lease expired after ' || attempts || ' attempts', "
+    "claim_token = NULL, lease_expires_at = NULL, updated_at = :now "
+    "WHERE status = 'running' AND lease_expires_at < :now AND attempts >= max_attempts"
+)
+_PICK = (
+    "SELECT job_id FROM video_jobs "
+    "WHERE ((status = 'queued' AND available_at <= :now) "
+    "OR (status = 'running' AND lease_expires_at < :now)) "
+    "AND attempts < max_attempts ORDER BY created_at, rowid LIMIT 1"  # rowid: insertion order on a tie
+)
+
+
+def _job_row(conn: sqlite3.Connection, job_id: UUID | str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(
+        "SELECT * FROM video_jobs WHERE job_id = ?", (str(job_id),)
+    ).fetchone()
+    return row
+
+
+def _written_job(conn: sqlite3.Connection, job_id: UUID | str) -> QueuedJob:
+    """The row this transaction has just written."""
+    row = _job_row(conn, job_id)
+    assert row is not None
+    return _queued_job(row)
+
+
+def _queued_job(row: sqlite3.Row) -> QueuedJob:
+    fields = dict(row)
+    fields["job"] = json.loads(row["job"])
+    fields["options"] = None if row["options"] is None else json.loads(row["options"])
+    return QueuedJob.model_validate(fields)

@@ -21,6 +21,7 @@ from uuid import UUID
 
 import httpx
 from postgrest.exceptions import APIError
+from pydantic import TypeAdapter
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
@@ -33,6 +34,14 @@ from clipgen.stores.base import (
     StoredObject,
     ThumbnailRecord,
 )
+from clipgen.stores.queue import (
+    DEFAULT_MAX_ATTEMPTS,
+    JobBusy,
+    JobStatus,
+    QueuedJob,
+    check_enqueue_args,
+    check_lease,
+)
 from supabase import Client, ClientOptions, SupabaseException, create_client
 
 log = logging.getLogger(__name__)
@@ -42,6 +51,9 @@ ATTEMPTS = 3
 # PostgREST connection failures (PGRST000-003) and SQLSTATE classes that clear by themselves:
 # connection (08), rollback/serialization (40), insufficient resources (53), operator intervention (57).
 _TRANSIENT_SQL = ("PGRST00", "08", "40", "53", "57")
+# What enqueue_video_job raises for a job running under a live lease (20261121010000_video_jobs.sql).
+_JOB_BUSY_SQLSTATE = "VJ001"
+_FINISHED: TypeAdapter[JobStatus | None] = TypeAdapter(JobStatus | None)
 
 
 class SupabaseStore:
@@ -157,6 +169,77 @@ class SupabaseStore:
         table = self._client.table("clip_thumbnails")
         query = table.select("*").eq("job_id", str(job_id)).order("clip_index")
         return [ThumbnailRecord.model_validate(row) for row in _retry("read thumbnails", query.execute).data]
+
+    # --- job queue (clipgen/stores/queue.py), through the functions of 20261121010000_video_jobs.sql -------
+    # Times are the database's (now()), so workers on machines with skewed clocks still agree on leases.
+    # A retry after a lost response can repeat a call that did commit: a repeated claim takes a second job
+    # (the first comes back when its lease expires), a repeated renew is harmless, and a repeated finish
+    # answers None (the first one already ended the claim).
+
+    def enqueue_job(
+        self,
+        job_id: UUID,
+        job: dict[str, Any],
+        options: dict[str, Any] | None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    ) -> QueuedJob:
+        check_enqueue_args(max_attempts)
+        params = {"p_job_id": str(job_id), "p_job": job, "p_options": options, "p_max_attempts": max_attempts}
+        call = self._client.rpc("enqueue_video_job", params)
+
+        def enqueue() -> Any:
+            try:
+                return call.execute()
+            except APIError as exc:
+                if exc.code == _JOB_BUSY_SQLSTATE:  # not a failure of the store: raised past _retry
+                    raise JobBusy(str(exc.message)) from exc
+                raise
+
+        [row] = _rows(_retry(f"enqueue job {job_id}", enqueue).data)
+        return QueuedJob.model_validate(row)
+
+    def claim_job(self, worker: str, lease_seconds: float) -> QueuedJob | None:
+        check_lease(lease_seconds)
+        call = self._client.rpc("claim_video_job", {"p_worker": worker, "p_lease_seconds": lease_seconds})
+        rows = _rows(_retry("claim a job", call.execute).data)
+        return QueuedJob.model_validate(rows[0]) if rows else None
+
+    def renew_claim(self, job_id: UUID, claim_token: UUID, lease_seconds: float) -> bool:
+        check_lease(lease_seconds)
+        params = {"p_job_id": str(job_id), "p_token": str(claim_token), "p_lease_seconds": lease_seconds}
+        call = self._client.rpc("renew_video_job", params)
+        return _retry(f"renew claim on job {job_id}", call.execute).data is True
+
+    def finish_job(
+        self,
+        job_id: UUID,
+        claim_token: UUID,
+        *,
+        succeeded: bool,
+        error: str | None = None,
+        retry_after_seconds: float | None = None,
+    ) -> JobStatus | None:
+        params = {
+            "p_job_id": str(job_id),
+            "p_token": str(claim_token),
+            "p_succeeded": succeeded,
+            "p_error": error,
+            "p_retry_after_seconds": retry_after_seconds,
+        }
+        call = self._client.rpc("finish_video_job", params)
+        return _FINISHED.validate_python(_retry(f"finish job {job_id}", call.execute).data)
+
+    def queued_job(self, job_id: UUID) -> QueuedJob | None:
+        query = self._client.table("video_jobs").select("*").eq("job_id", str(job_id))
+        rows = _rows(_retry(f"read job {job_id}", query.execute).data)
+        return QueuedJob.model_validate(rows[0]) if rows else None
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    """A set-returning call's rows (PostgREST answers a `returns setof` function with a JSON array)."""
+    if not isinstance(data, list):
+        raise PermanentError(f"expected a list of rows from PostgREST, got {type(data).__name__}")
+    return data
 
 
 def _row(record: ClipRecord | ThumbnailRecord, exclude: set[str]) -> dict[str, Any]:

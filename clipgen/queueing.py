@@ -1,0 +1,137 @@
+"""What a queue run decides about a claimed job: is it valid, did it succeed, is it worth another run.
+
+The claiming itself is the store's (clipgen/stores/queue.py); this module has no Prefect in it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import pydantic
+
+from clipgen.errors import PermanentError, ValidationError
+from clipgen.job import ClipPrompts, Clips, GenerationOptions
+from clipgen.planning import pydantic_problems
+from clipgen.stores.queue import JobQueue, QueuedJob
+
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass
+class JobOutcome:
+    """How one claimed job ended. `status` is the job's status in the queue afterwards ('lost' when the claim
+    had expired, so the row was no longer ours to update)."""
+
+    job_id: str
+    attempt: int
+    succeeded: bool
+    retry: bool
+    error: str | None
+    status: str = ""
+
+
+def queue_of(store: object, name: str) -> JobQueue:
+    """The store as a job queue; both built-in stores are."""
+    needed = ("enqueue_job", "claim_job", "renew_claim", "finish_job", "queued_job")
+    if not all(callable(getattr(store, method, None)) for method in needed):
+        raise ValidationError.one(
+            "store", f"store {name!r} does not hold a job queue (use local or supabase)"
+        )
+    return store  # type: ignore[return-value]  # checked structurally above
+
+
+def parse_queued_job(row: QueuedJob) -> tuple[ClipPrompts, GenerationOptions | None]:
+    """The job and options of a row, validated as `run` would; ValidationError names the bad field."""
+    try:
+        job = ClipPrompts.model_validate(row.job)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(pydantic_problems(exc, prefix="job")) from exc
+    if job.job_id != row.job_id:
+        raise ValidationError.one(
+            "job.job_id", f"{job.job_id} differs from the queued row's job_id {row.job_id}"
+        )
+    try:
+        options = None if row.options is None else GenerationOptions.model_validate(row.options)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(pydantic_problems(exc, prefix="options")) from exc
+    return job, options
+
+
+def job_outcome(row: QueuedJob, completed: bool, message: str | None, result: Any) -> JobOutcome:
+    """Judge a run of the job. Refused input and permanent errors are not retried: the next run would
+    fail the same way (and could pay again). Too few clips, transient errors and interruptions are."""
+    if completed:
+        return JobOutcome(str(row.job_id), row.attempts, succeeded=True, retry=False, error=None)
+    if isinstance(result, Clips):
+        error = message or f"{result.successful_clips}/{result.total_clips} clips"
+        retry = True
+    elif isinstance(result, BaseException):
+        error = f"{type(result).__name__}: {result}"
+        retry = not isinstance(result, (ValidationError, PermanentError))
+    else:
+        error, retry = message or "the run failed", True
+    return JobOutcome(
+        str(row.job_id), row.attempts, succeeded=False, retry=retry, error=error[:MAX_ERROR_CHARS]
+    )
+
+
+def queue_report(outcomes: list[JobOutcome]) -> str:
+    if not outcomes:
+        return "no queued jobs"
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        key = (
+            "succeeded"
+            if outcome.succeeded
+            else ("requeued" if outcome.status == "queued" else outcome.status)
+        )
+        counts[key] = counts.get(key, 0) + 1
+    parts = ", ".join(f"{count} {key}" for key, count in sorted(counts.items()))
+    return f"{len(outcomes)} job{'s' if len(outcomes) != 1 else ''}: {parts}"
+
+
+class LeaseKeeper:
+    """Renews a claim every third of its lease while the job runs, from a daemon thread.
+
+    A run that dies stops renewing, and the job becomes claimable again when the lease expires. A renewal
+    refused by the store means the lease was lost (the run stalled for a whole lease); that is logged, and
+    the store will not let this run record the job's end.
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        row: QueuedJob,
+        lease_seconds: float,
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+    ) -> None:
+        assert row.claim_token is not None
+        self._queue, self._job_id, self._token = queue, row.job_id, row.claim_token
+        self._every = lease_seconds / 3
+        self._lease = lease_seconds
+        self._logger = logger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._keep, name=f"lease-{row.job_id}", daemon=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _keep(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                if not self._queue.renew_claim(self._job_id, self._token, self._lease):
+                    self._logger.error("lost the claim on job %s; another run may take it over", self._job_id)
+                    return
+            except Exception:  # a missed renewal is tried again at the next tick
+                self._logger.warning("could not renew the claim on job %s", self._job_id, exc_info=True)

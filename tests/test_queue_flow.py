@@ -1,0 +1,181 @@
+"""The queue flow on real Prefect flow runs and the real local store: submit, claim, run, retry, take over."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from clipgen.backends import register_provider
+from clipgen.cli import main
+from clipgen.settings import Settings
+from clipgen.stores.local import LocalStore
+from flows.job_queue import process_job_queue
+from tests.doubles import PERMANENT, ScriptedProvider
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def job_dict(n: int = 3, job_id: UUID | None = None) -> dict[str, Any]:
+    return {
+        "job_id": str(job_id or uuid4()),
+        "clip_prompts": [{"clip_index": i, "prompt": f"queued clip {i}", "duration": 2.0} for i in range(n)],
+    }
+
+
+def submit(tmp_path: Path, job: dict[str, Any], *flags: str) -> int:
+    path = tmp_path / f"{job['job_id']}.json"
+    path.write_text(json.dumps(job))
+    return main(["submit", str(path), "--model", "veo-3.1", *flags])
+
+
+def store() -> LocalStore:
+    return LocalStore(Settings().data_dir)
+
+
+def scripted(provider: ScriptedProvider) -> str:
+    register_provider("scripted", lambda settings: provider)
+    return "scripted"
+
+
+def test_submitted_jobs_are_each_run_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    jobs = [job_dict(), job_dict()]
+    for job in jobs:
+        assert submit(tmp_path, job) == 0
+    assert "queued job" in capsys.readouterr().out
+    provider = ScriptedProvider()
+
+    state = process_job_queue(provider=scripted(provider), store="local", return_state=True)
+
+    assert state.is_completed(), state.message
+    assert state.message == "2 jobs: 2 succeeded"
+    for job in jobs:
+        row = store().queued_job(UUID(job["job_id"]))
+        assert row is not None
+        assert (row.status, row.attempts, row.last_error) == ("succeeded", 1, None)
+        records = store().clip_records(UUID(job["job_id"]))
+        assert [r.status for r in records] == ["success"] * 3
+    assert sum(provider.calls.values()) == 6  # nothing generated twice
+    again = process_job_queue(provider="scripted", store="local", return_state=True)
+    assert again.message == "no queued jobs"
+    assert sum(provider.calls.values()) == 6
+
+
+def test_submit_checks_the_job_like_run_and_queues_nothing_bad(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = job_dict()
+    job["clip_prompts"][1]["duration"] = -4
+    assert submit(tmp_path, job) == 2
+    assert "clip_prompts[1].duration" in capsys.readouterr().err
+    assert submit(tmp_path, job_dict(), "--max-attempts", "0") == 2
+    assert process_job_queue(provider="local", store="local", return_state=True).message == "no queued jobs"
+
+
+def test_a_job_that_keeps_failing_stops_after_max_attempts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS", "0")
+    job = job_dict()
+    assert submit(tmp_path, job, "--max-attempts", "2") == 0
+    provider = ScriptedProvider({i: [PERMANENT] for i in range(3)})
+
+    state = process_job_queue(provider=scripted(provider), store="local", return_state=True)
+
+    # The first run fails (too few clips) and is requeued; the second is the last one allowed.
+    assert state.message == "2 jobs: 1 failed, 1 requeued"
+    row = store().queued_job(UUID(job["job_id"]))
+    assert row is not None
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert row.last_error is not None and "0/3 clips" in row.last_error
+    again = process_job_queue(provider="scripted", store="local", return_state=True)
+    assert again.message == "no queued jobs"
+
+
+def test_a_failed_job_waits_for_its_retry_delay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS", "3600")
+    job = job_dict()
+    assert submit(tmp_path, job) == 0
+    provider = ScriptedProvider({i: [PERMANENT] for i in range(3)})
+    state = process_job_queue(provider=scripted(provider), store="local", return_state=True)
+    assert state.message == "1 job: 1 requeued"
+    row = store().queued_job(UUID(job["job_id"]))
+    assert row is not None and row.status == "queued" and row.attempts == 1
+
+
+def test_an_invalid_row_from_an_app_fails_at_once_naming_the_field(tmp_path: Path) -> None:
+    job_id = uuid4()
+    bad = job_dict(job_id=job_id)
+    bad["clip_prompts"][0]["duration"] = "long"
+    store().enqueue_job(job_id, bad, None)
+    provider = ScriptedProvider()
+
+    state = process_job_queue(provider=scripted(provider), store="local", return_state=True)
+
+    assert state.message == "1 job: 1 failed"
+    row = store().queued_job(job_id)
+    assert row is not None and (row.status, row.attempts) == ("failed", 1)
+    assert row.last_error is not None and "job.clip_prompts[0].duration" in row.last_error
+    assert not provider.calls
+
+
+def test_a_crashed_runs_job_is_taken_over_after_its_lease(tmp_path: Path) -> None:
+    job = job_dict()
+    assert submit(tmp_path, job) == 0
+    # A run that claimed the job and died: nobody renews its short lease.
+    dead = store().claim_job("dead-worker", lease_seconds=0.5)
+    assert dead is not None
+    provider = ScriptedProvider()
+    assert process_job_queue(provider=scripted(provider), store="local", return_state=True).message == (
+        "no queued jobs"
+    )
+    time.sleep(0.7)
+
+    state = process_job_queue(provider="scripted", store="local", return_state=True)
+
+    assert state.message == "1 job: 1 succeeded"
+    row = store().queued_job(UUID(job["job_id"]))
+    assert row is not None and (row.status, row.attempts) == ("succeeded", 2)
+    assert row.claimed_by != "dead-worker"
+    assert dead.claim_token is not None
+    assert store().finish_job(dead.job_id, dead.claim_token, succeeded=False, error="late") is None
+
+
+def test_the_lease_is_renewed_while_a_long_job_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_LEASE_SECONDS", "1")
+    job = job_dict(n=2)
+    assert submit(tmp_path, job, "--concurrency", "1") == 0
+    provider = ScriptedProvider(delay_s=1.2)  # about 2.5 s in all: more than two leases
+    stolen: list[object] = []
+
+    def try_to_steal() -> None:
+        # From the moment the queue run holds the job until well past its first lease.
+        while (row := store().queued_job(UUID(job["job_id"]))) is None or row.status != "running":
+            time.sleep(0.05)
+        deadline = time.monotonic() + 2.2
+        while time.monotonic() < deadline:
+            stolen.append(store().claim_job("thief", lease_seconds=60))
+            time.sleep(0.2)
+
+    thief = threading.Thread(target=try_to_steal)
+    thief.start()
+    state = process_job_queue(provider=scripted(provider), store="local", return_state=True)
+    thief.join()
+
+    assert state.message == "1 job: 1 succeeded"
+    assert not [claim for claim in stolen if claim is not None]
+    row = store().queued_job(UUID(job["job_id"]))
+    assert row is not None and (row.status, row.attempts) == ("succeeded", 1)
+
+
+def test_a_running_job_cannot_be_resubmitted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = job_dict()
+    assert submit(tmp_path, job) == 0
+    assert store().claim_job("someone", lease_seconds=60) is not None
+    assert submit(tmp_path, job) == 1
+    assert "running" in capsys.readouterr().err
