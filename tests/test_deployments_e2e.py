@@ -1,0 +1,264 @@
+"""prefect.yaml's deployments on a real Prefect server, run by a real process worker (tests/prefect_stack.py):
+what an operator gets from `prefect deploy --all` and what someone pressing Run in the UI gets.
+
+Saves a screenshot of the finished run in the Prefect UI to out/screenshots/prefect-ui-flow-run.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+import yaml
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import PrefectHTTPStatusError
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+from clipgen.cli import load_job
+from clipgen.job import ClipPrompts
+from clipgen.stores.local import LocalStore
+from tests.prefect_stack import ON_DEMAND, PrefectStack
+
+pytest_plugins = ["tests.prefect_stack"]
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_JOB = REPO / "examples" / "job.json"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+SCREENSHOTS = REPO / "out" / "screenshots"
+
+
+def _example_job() -> ClipPrompts:
+    """examples/job.json with a fresh job id (the stack is shared), its image paths made absolute."""
+    return load_job(EXAMPLE_JOB).model_copy(update={"job_id": uuid4()})
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_stack: PrefectStack) -> tuple[ClipPrompts, FlowRun]:
+    """The example job run once through the on-demand deployment, for the tests that look at the result."""
+    job = _example_job()
+    parameters = {"job": job.model_dump(mode="json"), "options": {"concurrency": 5}}
+    return job, prefect_stack.run_deployment(ON_DEMAND, parameters)
+
+
+def _runs_of(stack: PrefectStack, deployment_id: UUID) -> list[FlowRun]:
+    with stack.client() as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])), limit=200
+        )
+
+
+def test_the_on_demand_deployment_enforces_a_typed_parameter_schema(prefect_stack: PrefectStack) -> None:
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name(ON_DEMAND)
+        pool = client.read_work_pool(deployment.work_pool_name or "")
+    assert deployment.enforce_parameter_schema is True
+    assert (deployment.work_pool_name, deployment.work_queue_name, pool.type) == (
+        "video-generator",
+        "default",
+        "process",
+    )
+    schema = deployment.parameter_openapi_schema
+    assert schema is not None
+    assert schema["required"] == ["job"]
+    assert {"ClipPrompts", "ClipPrompt", "GenerationOptions"} <= set(schema["definitions"])
+    assert schema["properties"]["job"]["$ref"] == "#/definitions/ClipPrompts"
+    options = json.dumps(schema["properties"]["options"])
+    assert "#/definitions/GenerationOptions" in options
+    # The pull step puts flow runs in the repository. `{{ $VIDEO_GENERATOR_HOME }}` is resolved by
+    # `prefect deploy`: the deployment stores the deployer's path, and workers must have the code there.
+    assert deployment.pull_steps == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(prefect_stack.repo)}}
+    ]
+
+
+def test_a_run_from_the_deployment_makes_every_clip(
+    prefect_stack: PrefectStack, finished_run: tuple[ClipPrompts, FlowRun]
+) -> None:
+    job, run = finished_run
+    assert run.state is not None
+    assert run.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+    assert run.state.message == "6/6 clips"
+    assert run.name == f"video-clips-{job.job_id}"
+
+    progress = prefect_stack.artifact(f"video-clips-{job.job_id}")
+    assert progress is not None
+    assert (progress["type"], progress["data"], progress["flow_run_id"]) == ("progress", 100, str(run.id))
+    assert progress["description"] == "6/6 clips"
+    table = prefect_stack.artifact(f"video-clips-{job.job_id}-table")
+    assert table is not None
+    assert (table["type"], table["description"], table["flow_run_id"]) == ("table", "6/6 clips", str(run.id))
+    rows = json.loads(table["data"])
+    assert [(row["clip"], row["status"]) for row in rows] == [(i, "success") for i in range(6)]
+
+    # The worker's flow run wrote to the stack's data dir, not to this process's.
+    records = LocalStore(prefect_stack.data_dir).clip_records(job.job_id)
+    assert sorted((r.clip_index, r.status) for r in records) == [(i, "success") for i in range(6)]
+    assert all(r.actual_duration and r.video_path for r in records)
+    clips = prefect_stack.data_dir / "storage" / "video-clips" / str(job.job_id)
+    assert sorted(p.name for p in clips.glob("*.mp4")) == [f"clip_{i}.mp4" for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        (
+            lambda job: job["clip_prompts"][0].update(duration="long"),
+            "Error creating flow run: Validation failed for field 'job.clip_prompts[0].duration'. "
+            "Failure reason: 'long' is not of type 'number'",
+        ),
+        (
+            lambda job: job.clear(),
+            "Error creating flow run: Validation failed for field 'job'. "
+            "Failure reason: 'job_id' is a required property",
+        ),
+    ],
+    ids=["duration-not-a-number", "empty-job"],
+)
+def test_the_server_refuses_a_run_whose_parameters_break_the_schema(
+    prefect_stack: PrefectStack, change: Any, detail: str
+) -> None:
+    job = _example_job().model_dump(mode="json")
+    change(job)
+    with prefect_stack.client() as client:
+        deployment_id = client.read_deployment_by_name(ON_DEMAND).id
+    before = len(_runs_of(prefect_stack, deployment_id))
+
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        prefect_stack.create_flow_run(ON_DEMAND, {"job": job})
+
+    assert refused.value.response.status_code == 409
+    assert refused.value.response.json() == {"detail": detail}
+    assert len(_runs_of(prefect_stack, deployment_id)) == before, "a refused run must not exist"
+
+
+def test_a_run_without_the_job_is_refused(prefect_stack: PrefectStack) -> None:
+    with pytest.raises(PrefectHTTPStatusError) as refused:
+        prefect_stack.create_flow_run(ON_DEMAND, {"options": {"concurrency": 5}})
+    assert refused.value.response.status_code == 409
+    assert refused.value.response.json() == {
+        "detail": "Error creating flow run: Validation failed. Failure reason: 'job' is a required property"
+    }
+
+
+def test_an_extra_worker_takes_the_runs_of_its_queue_with_its_own_environment(
+    prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    """How other tests run a flow with settings of their own (e.g. SUPABASE_URL): a worker on a queue of
+    its own, with more environment, and runs created in that queue."""
+    other_data = tmp_path / "other-data"
+    worker = prefect_stack.start_worker(
+        "e2e-extra", work_queue="e2e-extra", env={"VIDEO_GENERATOR_DATA_DIR": str(other_data)}
+    )
+    job = ClipPrompts.model_validate(
+        {"job_id": str(uuid4()), "clip_prompts": [{"clip_index": 0, "prompt": "a lantern", "duration": 4.0}]}
+    )
+    try:
+        run = prefect_stack.run_deployment(
+            ON_DEMAND, {"job": job.model_dump(mode="json")}, work_queue_name="e2e-extra"
+        )
+    finally:
+        worker.stop()
+
+    assert run.state is not None
+    assert run.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+    assert run.work_queue_name == "e2e-extra"
+    assert [r.status for r in LocalStore(other_data).clip_records(job.job_id)] == ["success"]
+    assert LocalStore(prefect_stack.data_dir).clip_records(job.job_id) == []
+    assert not worker.alive()
+
+
+def test_scheduled_deployments_get_their_runs(prefect_stack: PrefectStack) -> None:
+    """Every deployment prefect.yaml gives an active schedule has runs scheduled by the server."""
+    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    scheduled = [
+        d["name"]
+        for d in config["deployments"]
+        if any(s.get("active", True) for s in d.get("schedules") or [])
+    ]
+    with prefect_stack.client() as client:
+        deployments = {d.name: d for d in client.read_deployments()}
+    for name in scheduled:
+        deployment = deployments[name]
+        assert deployment.schedules and all(s.active for s in deployment.schedules)
+        deadline = time.monotonic() + 30
+        while not _runs_of(prefect_stack, deployment.id):
+            assert time.monotonic() < deadline, (
+                f"the scheduler made no run of {name} in 30 s; server errors:\n"
+                + "\n".join(prefect_stack.server_errors()[-20:])
+            )
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    """Headless Chromium as in tests/test_job_page.py."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_the_prefect_ui_shows_the_finished_run(
+    prefect_stack: PrefectStack, finished_run: tuple[ClipPrompts, FlowRun], browser: webdriver.Chrome
+) -> None:
+    job, run = finished_run
+    # The page a worker's log links to ("View at ..."). The UI gets its API URL from /ui-settings, that is
+    # PREFECT_SERVER_UI_API_URL, so everything it shows comes from this server.
+    browser.get(f"{prefect_stack.ui_url}/runs/flow-run/{run.id}")
+    title, badges, text = "", [], ""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        title = browser.title
+        badges = browser.execute_script(
+            "return [...document.querySelectorAll('.state-badge')].map(b => b.textContent.trim())"
+        )
+        text = browser.execute_script("return document.body.innerText")
+        # The last log line too: by then the page has loaded the run's logs and its task runs.
+        if (
+            title.startswith(f"Flow Run: video-clips-{job.job_id}")
+            and "Completed" in badges
+            and "Finished in state Completed('6/6 clips')" in text
+        ):
+            break
+        time.sleep(0.25)
+    time.sleep(2.0)  # the timeline (a canvas) draws its bars after the data arrives
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "prefect-ui-flow-run.png"))
+    text = browser.execute_script("return document.body.innerText")
+    assert title.startswith(f"Flow Run: video-clips-{job.job_id}"), title
+    assert badges and badges[0] == "Completed", badges
+    for shown in (f"video-clips-{job.job_id}", "generate-video-clips", "video-generator-on-demand"):
+        assert shown in text, text[:2000]
+
+
+def test_the_server_logged_no_errors(prefect_stack: PrefectStack) -> None:
+    """Last: whatever ran above, the server itself did not fail (e.g. its scheduler, its database)."""
+    assert prefect_stack.server_errors() == [], prefect_stack.server.log_tail(200)

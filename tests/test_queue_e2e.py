@@ -1,0 +1,201 @@
+"""The queue deployment and the global prediction limit, end to end: a real Prefect server, `prefect deploy`,
+process workers, the CLI as an operator uses it, and (for the disjoint-claims test) the real PostgreSQL.
+
+Each test uses a worker of its own on a work queue of its own, so runs of the every-minute schedule (taken by
+the stack's default worker, on its own data directory) never touch the jobs a test queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+from clipgen.cli import main
+from clipgen.fake_replicate.server import FakeReplicateServer
+from clipgen.settings import Settings
+from clipgen.stores.local import LocalStore
+from clipgen.stores.supabase import SupabaseStore
+from tests.conftest import SupabaseStack
+from tests.prefect_stack import ON_DEMAND, PrefectStack
+from tests.stack.fixtures import SupabaseDb
+
+pytest_plugins = ["tests.prefect_stack"]
+
+QUEUE = "process-video-job-queue/video-generator-queue"
+
+
+def job_file(directory: Path, clips: int = 2, **prompt: Any) -> tuple[UUID, Path]:
+    job_id = uuid4()
+    job = {
+        "job_id": str(job_id),
+        "clip_prompts": [
+            {"clip_index": i, "prompt": f"queued clip {i}", "duration": 4.0, **prompt} for i in range(clips)
+        ],
+    }
+    path = directory / f"{job_id}.json"
+    path.write_text(json.dumps(job))
+    return job_id, path
+
+
+def subflow_runs(stack: PrefectStack, job_id: UUID) -> int:
+    with stack.client() as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"video-clips-{job_id}"]))
+        )
+    return len(runs)
+
+
+def test_submitted_jobs_are_processed_once_by_the_queue_deployment(
+    prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "queue-data"
+    prefect_stack.start_worker(
+        "queue-local", work_queue="queue-local", env={"VIDEO_GENERATOR_DATA_DIR": str(data_dir)}
+    )
+    jobs = [job_file(tmp_path), job_file(tmp_path)]
+    for _, path in jobs:
+        out = prefect_stack.run_cli(
+            "video-generator",
+            "submit",
+            str(path),
+            "--model",
+            "veo-3.1",
+            env={"VIDEO_GENERATOR_DATA_DIR": str(data_dir)},
+        ).stdout
+        assert "queued job" in out
+
+    run = prefect_stack.run_deployment(QUEUE, {"max_jobs": 10}, work_queue_name="queue-local")
+
+    assert run.state is not None and run.state.is_completed(), prefect_stack.flow_run_logs(run.id)
+    assert run.state.message == "2 jobs: 2 succeeded"
+    store = LocalStore(data_dir)
+    for job_id, _ in jobs:
+        row = store.queued_job(job_id)
+        assert row is not None and (row.status, row.attempts) == ("succeeded", 1)
+        assert row.claimed_by is not None and str(run.id) in row.claimed_by
+        assert [r.status for r in store.clip_records(job_id)] == ["success", "success"]
+        assert subflow_runs(prefect_stack, job_id) == 1
+    again = prefect_stack.run_deployment(QUEUE, {"max_jobs": 10}, work_queue_name="queue-local")
+    assert again.state is not None and again.state.message == "no queued jobs"
+
+
+def test_a_stale_claim_is_taken_over_after_its_lease(prefect_stack: PrefectStack, tmp_path: Path) -> None:
+    data_dir = tmp_path / "stale-data"
+    prefect_stack.start_worker(
+        "queue-stale", work_queue="queue-stale", env={"VIDEO_GENERATOR_DATA_DIR": str(data_dir)}
+    )
+    job_id, path = job_file(tmp_path)
+    prefect_stack.run_cli(
+        "video-generator",
+        "submit",
+        str(path),
+        "--model",
+        "veo-3.1",
+        env={"VIDEO_GENERATOR_DATA_DIR": str(data_dir)},
+    )
+    store = LocalStore(data_dir)
+    # A queue run that claimed the job and died: its lease is never renewed.
+    dead = store.claim_job("crashed-host/video-job-queue/0", lease_seconds=2)
+    assert dead is not None
+    assert store.claim_job("someone-else", lease_seconds=60) is None  # the lease holds until it expires
+    assert dead.lease_expires_at is not None
+    time.sleep(max(0.0, dead.lease_expires_at.timestamp() - time.time()) + 0.2)
+
+    run = prefect_stack.run_deployment(QUEUE, {"max_jobs": 10}, work_queue_name="queue-stale")
+
+    assert run.state is not None and run.state.message == "1 job: 1 succeeded", prefect_stack.flow_run_logs(
+        run.id
+    )
+    row = store.queued_job(job_id)
+    assert row is not None and (row.status, row.attempts) == ("succeeded", 2)
+    assert row.claimed_by is not None and str(run.id) in row.claimed_by
+
+
+def test_two_queue_runs_on_postgresql_claim_disjoint_jobs(
+    prefect_stack: PrefectStack,
+    supabase_stack: SupabaseStack,
+    supabase_db: SupabaseDb,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    supabase_db.postgres.psql("delete from public.video_jobs")
+    env = {
+        "VIDEO_GENERATOR_STORE": "supabase",
+        "SUPABASE_URL": supabase_stack.url,
+        "SUPABASE_SERVICE_ROLE_KEY": supabase_stack.service_key,
+        "VIDEO_GENERATOR_PROVIDER": "tests.doubles:paced_provider",  # a second per clip: the runs overlap
+        "VIDEO_GENERATOR_DATA_DIR": str(tmp_path / "supabase-worker"),
+    }
+    prefect_stack.start_worker("queue-supabase", work_queue="queue-supabase", env=env)
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack.url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack.service_key)
+    jobs = [job_file(tmp_path)[0] for _ in range(6)]
+    for job_id in jobs:
+        assert (
+            main(["submit", str(tmp_path / f"{job_id}.json"), "--model", "veo-3.1", "--store", "supabase"])
+            == 0
+        )
+
+    runs = [
+        prefect_stack.create_flow_run(QUEUE, {"max_jobs": 10}, work_queue_name="queue-supabase")
+        for _ in range(2)
+    ]
+    finished = [prefect_stack.wait_for_flow_run(run.id, timeout=240) for run in runs]
+
+    taken: dict[UUID, list[UUID]] = {run.id: [] for run in runs}
+    store = SupabaseStore.from_settings(Settings())
+    rows = [store.queued_job(job_id) for job_id in jobs]
+    store.close()
+    for row in rows:
+        assert row is not None and (row.status, row.attempts) == ("succeeded", 1), row
+        owner = [run_id for run_id in taken if str(run_id) in (row.claimed_by or "")]
+        assert len(owner) == 1, row.claimed_by
+        taken[owner[0]].append(row.job_id)
+    assert all(taken.values()), f"one run took every job: {taken}"
+    messages = sorted(run.state.message for run in finished if run.state)
+    assert messages == sorted(
+        f"{len(ids)} job{'s' if len(ids) > 1 else ''}: {len(ids)} succeeded" for ids in taken.values()
+    )
+
+
+def test_the_global_limit_caps_predictions_across_runs(prefect_stack: PrefectStack, tmp_path: Path) -> None:
+    limit = f"predictions-{uuid4().hex[:8]}"
+    prefect_stack.run_cli(
+        "video-generator",
+        "setup-prefect",
+        "--prediction-limit",
+        "2",
+        env={"VIDEO_GENERATOR_PREDICTION_LIMIT": limit},
+    )
+    with FakeReplicateServer(token="e2e-token", latency_s=1.0) as fake:
+        env = {
+            "REPLICATE_API_TOKEN": "e2e-token",
+            "REPLICATE_BASE_URL": fake.base_url,
+            "REPLICATE_POLL_INTERVAL": "0.2",
+            "VIDEO_GENERATOR_PREDICTION_LIMIT": limit,
+        }
+        prefect_stack.start_worker("replicate", work_queue="replicate", env=env)
+        runs = []
+        for _ in range(2):
+            _, path = job_file(tmp_path, clips=4)
+            job = json.loads(path.read_text())
+            runs.append(
+                prefect_stack.create_flow_run(
+                    ON_DEMAND,
+                    {"job": job, "options": {"model": "veo-3.1", "concurrency": 5}, "provider": "replicate"},
+                    work_queue_name="replicate",
+                )
+            )
+        finished = [prefect_stack.wait_for_flow_run(run.id, timeout=240) for run in runs]
+
+        for run in finished:
+            assert run.state is not None and run.state.is_completed(), prefect_stack.flow_run_logs(run.id)
+        assert fake.creates == 8
+        # Two runs of five concurrent clips each, but never more than the limit's 2 predictions in flight.
+        assert fake.max_in_flight == 2
