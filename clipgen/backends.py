@@ -14,10 +14,11 @@ import importlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
+from clipgen.budget import Budget
 from clipgen.providers.base import VideoProvider
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
@@ -61,6 +62,7 @@ class Backends:
     provider: VideoProvider
     store: ClipStore
     settings: Settings
+    budget: Budget = field(default_factory=lambda: Budget(None))
 
     def close(self) -> None:
         close_quietly(self.provider)
@@ -97,9 +99,28 @@ def open_store(name: str, settings: Settings) -> ClipStore:
 
 
 @contextmanager
-def run_backends(run_id: UUID, provider: str, store: str, settings: Settings) -> Iterator[Backends]:
-    """Open the run's provider and store, make them findable by `backends_of_run`, close them after."""
-    backends = Backends(open_provider(provider, settings), open_store(store, settings), settings)
+def run_backends(
+    run_id: UUID,
+    provider: str,
+    store: str,
+    settings: Settings,
+    *,
+    job_id: UUID | None = None,
+    budget_usd: float | None = None,
+) -> Iterator[Backends]:
+    """Open the run's provider and store, make them findable by `backends_of_run`, close them after.
+
+    With a budget, it starts from what job `job_id` has spent so far (every run's paid requests, from the
+    store's ledger), so reruns cannot spend it twice.
+    """
+    opened_store = open_store(store, settings)
+    try:
+        ledger = opened_store.predictions(job_id) if budget_usd is not None and job_id is not None else []
+        budget = Budget(budget_usd, spent_usd=sum(p.cost for p in ledger))
+        backends = Backends(open_provider(provider, settings), opened_store, settings, budget)
+    except BaseException:
+        close_quietly(opened_store)
+        raise
     with _lock:
         _by_run[run_id] = backends
     try:

@@ -15,7 +15,9 @@ paid call).
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
+import io
 import json
 import os
 import sys
@@ -23,22 +25,26 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pydantic
+from PIL import Image
 
 from clipgen import events
 from clipgen.backends import close_quietly, known_providers, known_stores, open_provider, open_store
 from clipgen.catalog import MODELS
-from clipgen.errors import ValidationError
+from clipgen.errors import MediaError, Problem, ValidationError, VideoGeneratorError
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
+from clipgen.media import load_image
 from clipgen.planning import JobPlan, plan_job, pydantic_problems
-from clipgen.references import resolve_reference
+from clipgen.references import MAX_IMAGE_BYTES, resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 POLL_S = 0.2
+MAX_INLINED_BYTES = MAX_IMAGE_BYTES
+"""All the image files one job may inline: they travel in the flow run's parameters and the queue row."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -153,7 +159,12 @@ def _run(args: argparse.Namespace) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from flows.video_generator import generate_video_clips
 
-    already = max((event.id for event in store.events(plan.job_id)), default=0)
+    try:
+        already = max((event.id for event in store.events(plan.job_id)), default=0)
+    except VideoGeneratorError as exc:  # e.g. a wrong key: the store's first call; say so, close it
+        close_quietly(store)
+        print(f"failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     stop = threading.Event()
     printer = threading.Thread(target=_print_progress, args=(store, plan, already, stop), daemon=True)
     printer.start()
@@ -239,7 +250,9 @@ def _fake_replicate(args: argparse.Namespace) -> int:
 
 
 def load_job(path: Path) -> ClipPrompts:
-    """Read a job file; relative image paths in it are taken relative to the file."""
+    """Read a job file. Image files it names (paths relative to the file, or file: URLs) are read here, on
+    the user's own machine, and inlined as data: URIs: the flow and its workers never read files named by
+    a job (unless VIDEO_GENERATOR_ALLOW_FILE_REFERENCES), and a queued job carries its images with it."""
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:
@@ -249,25 +262,92 @@ def load_job(path: Path) -> ClipPrompts:
             "JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from exc
     if isinstance(raw, dict) and isinstance(raw.get("clip_prompts"), list):
-        for prompt in raw["clip_prompts"]:
-            if isinstance(prompt, dict):
-                _anchor_paths(prompt, path.resolve().parent)
+        _inline_files(raw["clip_prompts"], path.resolve().parent)
     try:
         return ClipPrompts.model_validate(raw)
     except pydantic.ValidationError as exc:
         raise ValidationError(pydantic_problems(exc)) from exc
 
 
-def _anchor_paths(prompt: dict[str, Any], base: Path) -> None:
-    def anchor(ref: Any) -> Any:
-        if isinstance(ref, str) and ref and not urlsplit(ref).scheme and not Path(ref).is_absolute():
-            return str(base / ref)
-        return ref
+def _inline_files(prompts: list[Any], base: Path) -> None:
+    """Replace every file reference in `prompts` by a data: URI of the file, or refuse naming the field."""
+    problems: list[Problem] = []
+    total = 0
 
-    prompt["scene_reference_url"] = anchor(prompt.get("scene_reference_url"))
-    for key in ("character_reference_urls", "object_reference_urls"):
-        if isinstance(prompt.get(key), list):
-            prompt[key] = [anchor(ref) for ref in prompt[key]]
+    def inline(ref: Any, field: str) -> Any:
+        nonlocal total
+        if not isinstance(ref, str) or not ref.strip() or not _plain_text(ref):
+            return ref  # the job model refuses what is not text (NUL, lone surrogates), naming the field
+        try:
+            parts = urlsplit(ref)
+            if parts.scheme and parts.scheme.lower() != "file":
+                return ref  # http(s) and data: are checked by planning; anything else is refused there
+            file = Path(unquote(parts.path)) if parts.scheme else Path(ref).expanduser()
+            data, mime = _read_image(base / file)  # an absolute `file` replaces `base`
+        except _NotInlined as exc:
+            problems.append(Problem(field, str(exc)))
+            return ref
+        except RuntimeError as exc:  # ~user of an unknown user
+            problems.append(Problem(field, f"cannot read {ref}: {exc}"))
+            return ref
+        except ValueError:  # not a URL (a malformed netloc): the job model refuses it, naming the field
+            return ref
+        total += len(data)
+        if total > MAX_INLINED_BYTES:
+            problems.append(
+                Problem(
+                    field,
+                    f"the job's image files add up to more than {MAX_INLINED_BYTES // 2**20} MB; they are "
+                    "sent inline with the job, so serve larger images over http(s) instead",
+                )
+            )
+            return ref
+        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+    for position, prompt in enumerate(prompts):
+        if not isinstance(prompt, dict):
+            continue
+        where = f"clip_prompts[{position}]"
+        scene = prompt.get("scene_reference_url")
+        prompt["scene_reference_url"] = inline(scene, f"{where}.scene_reference_url")
+        for key in ("character_reference_urls", "object_reference_urls"):
+            if isinstance(prompt.get(key), list):
+                prompt[key] = [inline(ref, f"{where}.{key}[{i}]") for i, ref in enumerate(prompt[key])]
+    if problems:
+        raise ValidationError(problems)
+
+
+def _plain_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class _NotInlined(Exception):
+    """Why a file named by a job cannot be inlined."""
+
+
+def _read_image(file: Path) -> tuple[bytes, str]:
+    """The bytes of an image file and its MIME type (from its decoded format), or _NotInlined."""
+    try:
+        if not file.is_file():
+            raise _NotInlined(f"file not found: {file}" if not file.exists() else f"not a file: {file}")
+        if file.stat().st_size > MAX_IMAGE_BYTES:
+            raise _NotInlined(f"{file} is larger than {MAX_IMAGE_BYTES // 2**20} MB")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise _NotInlined(f"cannot read {file}: {exc.strerror or exc}") from exc
+    try:
+        load_image(file)  # decodes it whole, with the decompression-bomb check
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = (image.format or "").upper()
+    except (MediaError, OSError, ValueError) as exc:
+        raise _NotInlined(f"not an image ({exc})") from exc
+    return data, Image.MIME.get(image_format) or f"image/{image_format.lower()}"
 
 
 def _settings() -> Settings:

@@ -27,6 +27,7 @@ def start(plan: JobPlan) -> dict[str, Any]:
         "model": plan.model,
         "aspect_ratio": plan.aspect_ratio,
         "estimated_cost": plan.estimated_cost,
+        "budget_usd": plan.budget_usd,
         "clip_indices": [clip.clip_index for clip in plan.clips],
     }
 

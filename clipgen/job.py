@@ -5,30 +5,99 @@ Unknown extra fields in a job are ignored, so an upstream that adds fields does 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pydantic
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 MAX_TARGET_SECONDS = 60.0
+MAX_CLIP_INDEX = 2**31 - 1
+"""clip_index is a PostgreSQL `integer` in the Supabase tables (SQLite's limit is higher)."""
+
+
+def _text_problem(value: str) -> str | None:
+    """Why `value` cannot be stored or sent as text, or None. JSON's \\ud800 escapes decode to unpaired
+    surrogates, which no UTF-8 encoder (the Prefect API, the stores, Replicate) accepts; PostgreSQL refuses
+    NUL in text and jsonb."""
+    if "\x00" in value:
+        return "must not contain NUL characters (\\u0000)"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"must be valid Unicode text; it has an unpaired surrogate {value[exc.start]!r}"
+    return None
+
+
+def _text(value: str) -> str:
+    problem = _text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _reference(value: str) -> str:
+    _text(value)
+    try:
+        urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"not a URL, data: URI or path ({exc})") from None
+    return value
+
+
+def _json_text_problem(value: Any, where: str = "") -> str | None:
+    """The first string (key or value) in a JSON structure that `_text_problem` refuses, with where it is."""
+    if isinstance(value, str):
+        problem = _text_problem(value)
+        return f"{where or 'value'} {problem}" if problem else None
+    items: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        items = list(value.items())
+        for key in value:
+            problem = _text_problem(key) if isinstance(key, str) else None
+            if problem:
+                return f"key {key!r} {problem}"
+    elif isinstance(value, list | tuple):
+        items = list(enumerate(value))
+    for key, item in items:
+        problem = _json_text_problem(item, f"{where}[{key!r}]")
+        if problem:
+            return problem
+    return None
+
+
+Text = Annotated[str, AfterValidator(_text)]
+Reference = Annotated[str, AfterValidator(_reference)]
 
 
 class ClipPrompt(BaseModel):
     """One clip to generate."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
-    clip_index: int = Field(ge=0, description="Position of the clip in the job; unique within the job.")
-    prompt: str = Field(description="What the clip shows.")
-    negative_prompt: str = Field("", description="What the clip should not show (may be empty).")
+    clip_index: int = Field(
+        ge=0, le=MAX_CLIP_INDEX, description="Position of the clip in the job; unique within the job."
+    )
+    prompt: Text = Field(description="What the clip shows.")
+    negative_prompt: Text = Field("", description="What the clip should not show (may be empty).")
     duration: float = Field(
         gt=0, le=MAX_TARGET_SECONDS, description="Target duration in seconds (before any buffer)."
     )
     scene_reference_url: str | None = Field(
         None, description="Scene image: http(s) URL, file path or data URI. The start frame where possible."
     )
-    character_reference_urls: list[str] = Field(default_factory=list, description="Character images.")
-    object_reference_urls: list[str] = Field(default_factory=list, description="Object images.")
+    character_reference_urls: list[Reference] = Field(default_factory=list, description="Character images.")
+    object_reference_urls: list[Reference] = Field(default_factory=list, description="Object images.")
     metadata: dict[str, Any] = Field(default_factory=dict, description="Carried through to the clip.")
 
     @field_validator("prompt")
@@ -42,7 +111,15 @@ class ClipPrompt(BaseModel):
     @classmethod
     def _blank_url_is_none(cls, value: str | None) -> str | None:
         # The existing pipeline sends "" for "no scene image".
-        return value if value and value.strip() else None
+        return _reference(value) if value and value.strip() else None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_is_text(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = _json_text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ClipPrompts(BaseModel):
@@ -55,26 +132,49 @@ class ClipPrompts(BaseModel):
     total_clips: int | None = Field(None, description="Number of clips; must match clip_prompts if given.")
     generation_time: float | str | None = Field(None, description="Carried through from the upstream step.")
 
+    # Each rule is checked on its own field, so a refusal names that field (not the whole job).
+    @field_validator("clip_prompts")
+    @classmethod
+    def _unique_indexes(cls, prompts: list[ClipPrompt]) -> list[ClipPrompt]:
+        first: dict[int, int] = {}
+        for position, prompt in enumerate(prompts):
+            if prompt.clip_index in first:
+                raise ValueError(
+                    f"clip_index {prompt.clip_index} appears more than once "
+                    f"(clip_prompts[{first[prompt.clip_index]}] and clip_prompts[{position}])"
+                )
+            first[prompt.clip_index] = position
+        return prompts
+
+    @field_validator("total_clips")
+    @classmethod
+    def _total_matches(cls, total: int | None, info: ValidationInfo) -> int | None:
+        prompts = info.data.get("clip_prompts")  # absent when clip_prompts itself was refused
+        if total is not None and prompts is not None and total != len(prompts):
+            raise ValueError(f"total_clips is {total} but clip_prompts has {len(prompts)} entries")
+        return total
+
+    @field_validator("generation_time", mode="wrap")
+    @classmethod
+    def _one_generation_time_error(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # A failed union reports once per member ("generation_time.float", "generation_time.str").
+        try:
+            checked = handler(value)
+        except pydantic.ValidationError:
+            raise ValueError("must be a number, a string or null") from None
+        return _text(checked) if isinstance(checked, str) else checked
+
     @model_validator(mode="after")
-    def _consistent(self) -> ClipPrompts:
-        seen: set[int] = set()
-        for prompt in self.clip_prompts:
-            if prompt.clip_index in seen:
-                raise ValueError(f"clip_index {prompt.clip_index} appears more than once")
-            seen.add(prompt.clip_index)
+    def _default_total(self) -> ClipPrompts:
         if self.total_clips is None:
             self.total_clips = len(self.clip_prompts)
-        elif self.total_clips != len(self.clip_prompts):
-            raise ValueError(
-                f"total_clips is {self.total_clips} but clip_prompts has {len(self.clip_prompts)} entries"
-            )
         return self
 
 
 class GenerationOptions(BaseModel):
     """How to generate a job. Defaults come from settings when the caller gives none (see settings.py)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = Field("kling-v2.5-turbo", description="Catalog key of the video model.")
     aspect_ratio: str = Field("16:9", pattern=r"^\d{1,2}:\d{1,2}$", description="Width:height, e.g. 16:9.")
@@ -112,6 +212,9 @@ class Clip(BaseModel):
     height: int | None = None
     fps: float | None = None
     storage_path: str | None = Field(None, description="Object path in the video bucket, to re-sign links.")
+    reused: bool = Field(
+        False, description="Stored by an earlier run of the job; nothing was paid for it this time."
+    )
     thumbnail_url: str | None = None
     error: str | None = None
 

@@ -9,6 +9,7 @@ Nothing paid for is paid for twice:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -20,9 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from clipgen import events
-from clipgen.errors import GenerationError, MediaError, TransientError, is_retryable
+from clipgen.budget import Budget
+from clipgen.errors import GenerationError, MediaError, PermanentError, TransientError, is_retryable
 from clipgen.job import Clip, Clips
 from clipgen.media import VideoInfo, make_thumbnail, probe
 from clipgen.planning import ClipPlan, JobPlan, check_delivered
@@ -32,6 +35,8 @@ from clipgen.stores.base import (
     VIDEO_BUCKET,
     ClipRecord,
     ClipStore,
+    PredictionRecord,
+    PredictionStatus,
     ThumbnailRecord,
     clip_object_path,
     thumbnail_object_path,
@@ -90,14 +95,24 @@ def produce_clip(
     attempt: Attempt,
     started_at: datetime | None = None,
     slot: Callable[[], AbstractContextManager[object]] = nullcontext,
+    run_id: str | None = None,
+    budget: Budget | None = None,
 ) -> Clip:
     """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt.
 
-    `slot` is held while the provider works (from before its request is created until it returns), so a
-    cap on in-flight predictions shared by every run and worker can be put around it.
+    A clip already stored for the same plan is returned as it is: nothing is generated or paid again. Every
+    paid request goes into the store's prediction ledger the moment it exists (with `run_id`, the flow run);
+    an attempt adopts the clip's newest unfinished one instead of paying for another, from the work
+    directory or, after a crash or on another machine, from the ledger. `slot` is held while the provider
+    works (from before its request is created until it returns), so a cap on in-flight predictions shared
+    by every run and worker can be put around it. `budget` refuses a paid request that would take the job
+    past its budget.
     """
     began = time.monotonic()
+    fingerprint = plan_fingerprint(plan)
     previous = _clip_record(store, plan)
+    if (stored_clip := _already_stored(plan, store, previous, fingerprint)) is not None:
+        return stored_clip
     # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten.
     record = _record(
         plan,
@@ -105,31 +120,67 @@ def produce_clip(
         attempts=attempt.number,
         cost=previous.cost if previous else 0.0,
         prediction_id=previous.prediction_id if previous else None,
+        plan_fingerprint=fingerprint,
     )
     store.upsert_clip(record)
     files = ClipFiles.of(work_dir, plan.clip_index)
+    ledger = [p for p in store.predictions(plan.job_id) if p.clip_index == plan.clip_index]
     known_ids = {record.prediction_id, _read_json(files.prediction).get("prediction_id")} - {None}
+    known_ids |= {p.prediction_id for p in ledger}
     paid_here: list[str] = []
+    reserved: list[float] = []
+
+    def before_create() -> None:
+        if budget is not None:
+            budget.reserve(plan.estimated_cost, f"clip {plan.clip_index}")
+            reserved.append(plan.estimated_cost)
 
     def created(prediction_id: str) -> None:
         # On the bill the moment it exists, before any waiting: a prediction that later fails, hangs or
-        # is lost to a crash is still accounted for.
+        # is lost to a crash is still accounted for, and can be adopted or canceled by whoever comes next.
         nonlocal record
-        _write_json(files.prediction, {"prediction_id": prediction_id, "plan": _fingerprint(plan)})
+        _write_json(files.prediction, {"prediction_id": prediction_id, "plan": fingerprint})
         paid_here.append(prediction_id)
+        if reserved:
+            reserved.pop()  # the reservation is now money spent
         record = record.model_copy(
             update={"prediction_id": prediction_id, "cost": record.cost + plan.estimated_cost}
         )
+        store.record_prediction(
+            PredictionRecord(
+                prediction_id=prediction_id,
+                job_id=plan.job_id,
+                clip_index=plan.clip_index,
+                provider=provider.name,
+                model=plan.model,
+                plan_fingerprint=fingerprint,
+                run_id=run_id,
+                cost=plan.estimated_cost,
+            )
+        )
         store.upsert_clip(record)
 
+    adoptable = _adoptable(ledger, fingerprint)
+    generation: Generation | None = None
     try:
-        generation, fresh = _generate_or_reuse(plan, provider, files, created, slot)
+        try:
+            generation, fresh = _generate_or_reuse(
+                plan, provider, files, created, before_create, slot, adoptable
+            )
+        finally:
+            if budget is not None:
+                for amount in reserved:  # reserved, but the request was never created
+                    budget.release(amount)
         if fresh and not paid_here and generation.prediction_id not in known_ids:
             # A provider that does not report creations: its generation is paid for now.
             record = record.model_copy(update={"cost": record.cost + generation.cost})
         record = record.model_copy(update={"prediction_id": generation.prediction_id or record.prediction_id})
         store.upsert_clip(record)
-        info = _checked(plan, files)
+        try:
+            info = _checked(plan, files)
+        except GenerationError as exc:
+            _settle_prediction(store, plan.job_id, generation.prediction_id, "rejected", str(exc))
+            raise
         try:
             stored = store.put_object(
                 VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4"
@@ -150,7 +201,11 @@ def produce_clip(
                 }
             )
         )
+        _settle_prediction(store, plan.job_id, generation.prediction_id, "delivered", None)
     except Exception as exc:
+        if isinstance(exc, PermanentError) and generation is None and paid_here:
+            # The provider says this prediction failed for good (e.g. content rejected): nothing to adopt.
+            _settle_prediction(store, plan.job_id, paid_here[-1], "failed", str(exc))
         _record_failure(store, plan, record, attempt, exc)
         raise
     # From the first attempt's start when the caller knows it (Prefect's task run start), else this attempt.
@@ -291,9 +346,11 @@ def _generate_or_reuse(
     provider: VideoProvider,
     files: ClipFiles,
     created: Callable[[str], None],
+    before_create: Callable[[], None],
     slot: Callable[[], AbstractContextManager[object]],
+    adoptable: str | None,
 ) -> tuple[Generation, bool]:
-    fingerprint = _fingerprint(plan)
+    fingerprint = plan_fingerprint(plan)
     if files.video.is_file() and files.sidecar.is_file():
         kept = Generation.model_validate_json(files.sidecar.read_text())
         if kept.metadata.get("plan_fingerprint") == fingerprint:
@@ -301,10 +358,14 @@ def _generate_or_reuse(
         files.discard()
     pending = _read_json(files.prediction)
     kept_id = pending.get("prediction_id")
-    resume = kept_id if isinstance(kept_id, str) and pending.get("plan") == fingerprint else None
+    local = kept_id if isinstance(kept_id, str) and pending.get("plan") == fingerprint else None
+    # The work directory knows this machine's last attempt; the ledger knows every machine's.
+    resume = local or adoptable
     files.video.parent.mkdir(parents=True, exist_ok=True)
     with slot():
-        generation = provider.generate(plan, files.video, resume=resume, on_created=created)
+        generation = provider.generate(
+            plan, files.video, resume=resume, on_created=created, before_create=before_create
+        )
     generation.metadata["plan_fingerprint"] = fingerprint
     _write_json(files.sidecar, generation.model_dump(mode="json"))
     return generation, True
@@ -338,11 +399,83 @@ def _checked(plan: ClipPlan, files: ClipFiles) -> VideoInfo:
     return info
 
 
-def _fingerprint(plan: ClipPlan) -> str:
-    """What the file depends on; a rerun with other settings must not reuse it."""
+def plan_fingerprint(plan: ClipPlan) -> str:
+    """What the clip depends on; a rerun with other settings must not reuse it or adopt its predictions.
+
+    Images count by content, not by path: the reference cache lives in each machine's data directory, and a
+    run on another worker must recognise the same plan.
+    """
     keys = {"model", "prompt", "negative_prompt", "aspect_ratio", "width", "height", "requested_duration"}
-    keys |= {"scene_image", "character_images", "object_images"}
-    return hashlib.sha256(plan.model_dump_json(include=keys).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(plan.model_dump_json(include=keys).encode())
+    for image in (plan.scene_image, *plan.character_images, *plan.object_images):
+        if image:
+            digest.update(_file_digest(Path(image)))
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: Path) -> bytes:
+    # Cached per path: the same references are fingerprinted for every clip and attempt. Reference files are
+    # content-addressed in the cache (a changed URL body gets a new path), so a path's content is stable.
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def _already_stored(
+    plan: ClipPlan, store: ClipStore, previous: ClipRecord | None, fingerprint: str
+) -> Clip | None:
+    """The clip as an earlier run stored it for this very plan, or None when it must be (re)generated."""
+    if not (
+        previous
+        and previous.status == "success"
+        and previous.video_path
+        and previous.plan_fingerprint == fingerprint
+        and previous.actual_duration is not None
+    ):
+        return None
+    try:
+        url = store.signed_url(VIDEO_BUCKET, previous.video_path)
+    except (FileNotFoundError, PermanentError):
+        log.warning("clip %d is on record but its file is gone; generating it again", plan.clip_index)
+        return None
+    return Clip(
+        clip_index=plan.clip_index,
+        video_url=url,
+        actual_duration=previous.actual_duration,
+        target_duration=plan.requested_duration,
+        original_target_duration=plan.target_duration,
+        duration_diff=round(previous.actual_duration - plan.target_duration, 3),
+        status="success",
+        cost=round(previous.cost, 4),
+        retry_count=max(0, previous.attempts - 1),
+        metadata=dict(plan.metadata),
+        model=plan.model,
+        prediction_id=previous.prediction_id,
+        width=previous.width,
+        height=previous.height,
+        fps=previous.fps,
+        storage_path=previous.video_path,
+        reused=True,
+    )
+
+
+def _adoptable(ledger: list[PredictionRecord], fingerprint: str) -> str | None:
+    """The newest prediction made for this plan whose end we have not seen: adopt it rather than pay again."""
+    open_ones = [p for p in ledger if p.status == "created" and p.plan_fingerprint == fingerprint]
+    return open_ones[-1].prediction_id if open_ones else None
+
+
+def _settle_prediction(
+    store: ClipStore, job_id: UUID, prediction_id: str | None, status: PredictionStatus, error: str | None
+) -> None:
+    """Record how a ledger prediction ended. Best effort: the clip's own outcome must not hang on it."""
+    if prediction_id is None:
+        return
+    try:
+        known = next((p for p in store.predictions(job_id) if p.prediction_id == prediction_id), None)
+        if known is not None and known.status != status:
+            store.record_prediction(known.model_copy(update={"status": status, "error": error}))
+    except Exception:
+        log.warning("could not record that prediction %s is %s", prediction_id, status, exc_info=True)
 
 
 def _record(plan: ClipPlan, **fields: object) -> ClipRecord:

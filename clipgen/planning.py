@@ -59,6 +59,9 @@ class JobPlan(BaseModel):
     min_success: int = Field(description="Successes needed: options.min_success capped at the clip count.")
     concurrency: int
     estimated_cost: float
+    budget_usd: float | None = Field(
+        None, description="No paid request once spent + committed would pass it."
+    )
 
 
 def requested_duration(spec: ModelSpec, target: float, buffer: float) -> float:
@@ -189,6 +192,7 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
         min_success=min(options.min_success, len(clips)),
         concurrency=options.concurrency,
         estimated_cost=estimate,
+        budget_usd=options.budget_usd,
     )
 
 

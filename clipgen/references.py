@@ -1,7 +1,24 @@
-"""Reference images: http(s) URLs, file paths and data URIs, checked and made local before any paid call.
+"""Reference images: http(s) URLs, data URIs and (when allowed) file paths, checked and made local before any
+paid call.
 
 Each reference is fetched once, verified to decode as an image, and kept in a content-addressed cache so
 the renderer (or a later upload to a provider) reads a local file instead of fetching again.
+
+Jobs come from the Prefect UI, the API and a queue table any app can insert into, so a reference is
+untrusted input:
+
+- **http(s)** is fetched only from public addresses. The host of the URL and of every redirect hop (followed
+  here, at most MAX_REDIRECTS) is resolved, every address it resolves to is checked (private, loopback,
+  link-local such as 169.254.169.254, multicast, reserved, unspecified, non-public, and IPv4-mapped forms of
+  those are refused) and the connection goes to the address that was checked (`_PinnedTransport`), so a DNS
+  answer that changes between the check and the connect cannot redirect the fetch. Loopback alone can be
+  allowed for local staging (VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES); private ranges never are.
+- **data:** URIs are decoded; the CLI inlines the files of a job this way (see `clipgen.cli.load_job`).
+- **File paths and file: URLs** would let a job read any file on the worker, so they are refused unless
+  VIDEO_GENERATOR_ALLOW_FILE_REFERENCES is set.
+
+Messages quote references shortened (`short_ref`): a data URI can be megabytes, and a URL may carry
+credentials.
 """
 
 from __future__ import annotations
@@ -9,11 +26,15 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 
@@ -22,30 +43,189 @@ from clipgen.media import load_image
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FETCH_TIMEOUT_S = 15.0
+"""Per network operation (connect, each read)."""
+FETCH_DEADLINE_S = 60.0
+"""For a whole fetch, redirects included, so a server that trickles bytes cannot hold planning up."""
+MAX_REDIRECTS = 3
+SHORT_REF_CHARS = 60
+LOOPBACK_HINT = "set VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES=true to allow loopback for local staging"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-def resolve_reference(ref: str, field: str, cache_dir: Path) -> Path:
+@dataclass(frozen=True)
+class ReferencePolicy:
+    """What a job's references may point at; from the settings unless given."""
+
+    allow_files: bool = False
+    allow_loopback: bool = False
+
+    @classmethod
+    def from_settings(cls) -> ReferencePolicy:
+        from clipgen.settings import Settings
+
+        settings = Settings()
+        return cls(
+            allow_files=settings.allow_file_references, allow_loopback=settings.allow_loopback_references
+        )
+
+
+def resolve_reference(ref: str, field: str, cache_dir: Path, policy: ReferencePolicy | None = None) -> Path:
     """A local path to a verified image for `ref`, or ValidationError naming `field`."""
-    scheme = urlsplit(ref).scheme.lower()
+    policy = policy or ReferencePolicy.from_settings()
+    try:
+        scheme = urlsplit(ref).scheme.lower()
+    except ValueError as exc:  # the job model refuses these first; a direct caller gets the same answer
+        raise ValidationError.one(field, f"not a URL or data: URI ({exc})") from None
     if scheme in ("http", "https"):
-        path = _cached(cache_dir, ref, lambda: _download(ref, field))
+        # The policy is part of the key: what was fetched while loopback was allowed is not reused after.
+        key = f"{ref}\nallow_loopback={policy.allow_loopback}"
+        path = _cached(cache_dir, key, lambda: _download(ref, field, policy.allow_loopback))
     elif scheme == "data":
         path = _cached(cache_dir, ref, lambda: _decode_data_uri(ref, field))
-    elif scheme == "file":
-        path = Path(unquote(urlsplit(ref).path))
-    elif not scheme:
-        path = Path(ref).expanduser()
+    elif scheme == "file" or not scheme:
+        if not policy.allow_files:
+            raise ValidationError.one(
+                field,
+                f"file references are refused: {short_ref(ref)} would be read on the worker. Use an http(s) "
+                "URL or a data: URI (the video-generator CLI inlines files as data: URIs), or set "
+                "VIDEO_GENERATOR_ALLOW_FILE_REFERENCES=true on the worker to allow file paths",
+            )
+        path = Path(unquote(urlsplit(ref).path)) if scheme == "file" else Path(ref).expanduser()
     else:
         raise ValidationError.one(
-            field, f"unsupported reference {ref[:60]!r}: use http(s), a file path or data:"
+            field, f"unsupported reference {short_ref(ref)!r}: use an http(s) URL or a data: URI"
         )
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):  # ValueError: a NUL in the path
+        found = False
+    if not found:
         raise ValidationError.one(field, f"file not found: {path}")
     try:
         load_image(path)
     except MediaError as exc:
         raise ValidationError.one(field, f"not an image ({exc})") from exc
     return path.resolve()
+
+
+def short_ref(ref: str) -> str:
+    """`ref` fit for a message: without a URL's user:password, and at most SHORT_REF_CHARS long."""
+    try:
+        parts = urlsplit(ref)
+        if parts.scheme.lower() in ("http", "https") and "@" in parts.netloc:
+            ref = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    except ValueError:
+        pass
+    return ref if len(ref) <= SHORT_REF_CHARS else ref[: SHORT_REF_CHARS - 1] + "…"
+
+
+def address_refusal(address: IPAddress, allow_loopback: bool = False) -> str | None:
+    """Why a reference fetch must not connect to `address` ("a private address 10.0.0.5"), or None."""
+    effective = _embedded_ipv4(address) or address
+    kind = _address_kind(effective, allow_loopback)
+    if kind is None:
+        return None
+    return f"{kind} address {address}" + (f" (IPv4 {effective})" if effective is not address else "")
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (::ffff:a.b.c.d, 6to4, NAT64 64:ff9b::a.b.c.d), where the
+    packets really go. (On an IPv6-only network with DNS64 every IPv4 site resolves to 64:ff9b::/96.)"""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour
+
+
+def _address_kind(address: IPAddress, allow_loopback: bool) -> str | None:
+    if address.is_loopback:
+        return None if allow_loopback else "a loopback"
+    if address.is_link_local:
+        return "a link-local"  # 169.254.169.254, the cloud metadata service, is one
+    if address.is_multicast:
+        return "a multicast"
+    if address.is_unspecified:
+        return "an unspecified"
+    if address.is_private:
+        return "a private"
+    if address.is_reserved:
+        return "a reserved"
+    if not address.is_global:
+        return "a non-public"  # e.g. 100.64.0.0/10, carrier-grade NAT
+    return None
+
+
+class _Refused(Exception):
+    """A hop of a fetch would connect where references may not come from."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(reason)
+        self.url = url
+        self.reason = reason
+
+
+def _checked_addresses(host: str, port: int, allow_loopback: bool, url: str) -> list[str]:
+    """Every address `host` resolves to, if all of them are allowed; else _Refused naming one that is not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _Refused(url, f"its host {host} does not resolve ({exc})") from exc
+    addresses: list[str] = []
+    for info in infos:
+        text = str(info[4][0])
+        address = ipaddress.ip_address(text)
+        refusal = address_refusal(address, allow_loopback)
+        if refusal is not None:
+            loopback = (_embedded_ipv4(address) or address).is_loopback
+            hint = f" ({LOOPBACK_HINT})" if loopback else ""
+            raise _Refused(url, f"resolves to {refusal}; only public addresses are fetched{hint}")
+        if text not in addresses:
+            addresses.append(text)
+    return addresses
+
+
+class _PinnedTransport(httpx.BaseTransport):
+    """Connects to the address that was checked, not to whatever the name resolves to next.
+
+    Why a transport: checking the name and then letting httpx resolve it again would leave a window in which
+    a DNS answer with a short TTL changes to 127.0.0.1 or 10.x (DNS rebinding). Here every request (so every
+    redirect hop) is resolved once, all of its addresses are checked, and the request is sent to one of
+    those addresses with the URL's host in the Host header and as the TLS server name, so virtual hosting
+    and certificate checks still see the real host name. No connection is kept alive, so a TLS connection
+    verified for one host is never reused for another host on the same address. Environment proxies are
+    not used (trust_env=False): a proxy would resolve the name itself.
+    """
+
+    def __init__(self, allow_loopback: bool) -> None:
+        self._allow_loopback = allow_loopback
+        self._inner = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0), trust_env=False)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        addresses = _checked_addresses(host, port, self._allow_loopback, str(url))
+        failure: httpx.ConnectError | None = None
+        for address in addresses:
+            pinned = httpx.Request(
+                request.method,
+                url.copy_with(host=address),
+                headers=request.headers,  # keeps Host: the URL's own host
+                stream=request.stream,
+                extensions={**request.extensions, "sni_hostname": host},
+            )
+            try:
+                return self._inner.handle_request(pinned)
+            except httpx.ConnectError as exc:  # the host's next address, as a resolving client would
+                failure = exc
+        assert failure is not None  # getaddrinfo returns at least one address or raises
+        raise failure
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def _cached(cache_dir: Path, key: str, fetch: Callable[[], bytes]) -> Path:
@@ -65,30 +245,65 @@ def _cached(cache_dir: Path, key: str, fetch: Callable[[], bytes]) -> Path:
     return path
 
 
-def _download(url: str, field: str) -> bytes:
-    try:
-        with (
-            httpx.Client(timeout=FETCH_TIMEOUT_S, follow_redirects=True, max_redirects=3) as client,
-            client.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ValidationError.one(field, f"{url} answered HTTP {response.status_code}")
-            chunks: list[bytes] = []
-            size = 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > MAX_IMAGE_BYTES:
-                    raise ValidationError.one(field, f"{url} is larger than {MAX_IMAGE_BYTES // 2**20} MB")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except httpx.HTTPError as exc:
-        raise ValidationError.one(field, f"{url} is unreachable ({type(exc).__name__}: {exc})") from exc
+def _download(url: str, field: str, allow_loopback: bool) -> bytes:
+    """GET `url`, following up to MAX_REDIRECTS redirects by hand, each hop checked by _PinnedTransport."""
+    deadline = time.monotonic() + FETCH_DEADLINE_S
+    shown = short_ref(url)
+    current = url
+    with httpx.Client(
+        transport=_PinnedTransport(allow_loopback),
+        timeout=FETCH_TIMEOUT_S,
+        follow_redirects=False,
+        trust_env=False,
+        headers={"Accept": "image/*"},
+    ) as client:
+        for hop in range(MAX_REDIRECTS + 1):
+            via = "" if current == url else f" (redirected to {short_ref(current)})"
+            try:
+                with client.stream("GET", current) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        target = str(response.url.join(response.headers["location"]))
+                    elif response.status_code != 200:
+                        raise ValidationError.one(field, f"{shown}{via} answered HTTP {response.status_code}")
+                    else:
+                        return _read_body(response, field, f"{shown}{via}", deadline)
+            except _Refused as exc:
+                where = shown if exc.url == url else f"{shown} redirects to {short_ref(exc.url)}, which"
+                raise ValidationError.one(field, f"{where} {exc.reason}") from None
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise ValidationError.one(
+                    field, f"{shown}{via} is unreachable ({type(exc).__name__}: {exc})"
+                ) from exc
+            if urlsplit(target).scheme.lower() not in ("http", "https"):
+                raise ValidationError.one(
+                    field, f"{shown} redirects to {short_ref(target)!r}: only http(s) redirects are followed"
+                )
+            if hop == MAX_REDIRECTS:
+                break
+            current = target
+    raise ValidationError.one(field, f"{shown} redirects more than {MAX_REDIRECTS} times")
+
+
+def _read_body(response: httpx.Response, field: str, shown: str, deadline: float) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_IMAGE_BYTES:
+            raise ValidationError.one(field, f"{shown} is larger than {MAX_IMAGE_BYTES // 2**20} MB")
+        if time.monotonic() > deadline:
+            raise ValidationError.one(field, f"{shown} took longer than {FETCH_DEADLINE_S:g} s to download")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _decode_data_uri(uri: str, field: str) -> bytes:
     header, sep, payload = uri.partition(",")
     if not sep or not header.endswith(";base64"):
         raise ValidationError.one(field, "data URI must be base64: data:image/...;base64,...")
+    # A base64 payload of n bytes decodes to about 3n/4: refuse a huge one before decoding it.
+    if len(payload) * 3 // 4 > MAX_IMAGE_BYTES + 3:
+        raise ValidationError.one(field, f"data URI is larger than {MAX_IMAGE_BYTES // 2**20} MB")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -75,6 +75,18 @@ class Settings(BaseSettings):
         validation_alias="VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS",
         description="How long a failed queued job waits before it may be claimed again.",
     )
+    allow_file_references: bool = Field(
+        False,
+        validation_alias="VIDEO_GENERATOR_ALLOW_FILE_REFERENCES",
+        description="Let jobs name reference images by file path or file: URL, read on the worker. Off: jobs "
+        "come from the UI, the API and the queue, and could read any file; the CLI inlines files itself.",
+    )
+    allow_loopback_references: bool = Field(
+        False,
+        validation_alias="VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES",
+        description="Let reference URLs resolve to loopback (127.0.0.0/8, ::1), for local staging. Private, "
+        "link-local and other non-public addresses stay refused.",
+    )
     replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str | None = Field(None, validation_alias="REPLICATE_BASE_URL")
     replicate_poll_interval_seconds: float = Field(

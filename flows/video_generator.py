@@ -10,20 +10,21 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from clipgen import events
-from clipgen.backends import Backends, run_backends
+from clipgen import events, ledger
+from clipgen.backends import Backends, close_quietly, open_provider, open_store, run_backends
 from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
 from clipgen.pipeline import (
     Announced,
@@ -35,6 +36,7 @@ from clipgen.pipeline import (
     decide_outcome,
     failed_clip,
     job_work_dir,
+    plan_fingerprint,
     tidy_work_dir,
 )
 from clipgen.planning import ClipPlan, JobPlan, plan_job
@@ -46,7 +48,35 @@ from tasks.clips import generate_clip, generate_thumbnail, retry_delays
 THUMBNAIL_WORKERS = 2
 
 
-@flow(name="generate-video-clips", flow_run_name="video-clips-{job.job_id}", validate_parameters=True)
+def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """State hook (cancelled, crashed): nothing this run paid for keeps running on the provider.
+
+    The flow's own `finally` does this when it can; a hook also runs when the run was stopped from outside
+    (a cancel in the UI kills the process; the worker or `serve` runs the hook afterwards).
+    """
+    settings = Settings()
+    parameters = flow_run.parameters
+    job_id = UUID(str((parameters.get("job") or {}).get("job_id")))
+    provider_name = parameters.get("provider") or settings.provider
+    store_name = parameters.get("store") or settings.store
+    provider, store = open_provider(provider_name, settings), open_store(store_name, settings)
+    try:
+        mine = ledger.left_at_end(store.predictions(job_id), str(flow_run.id), run_started=None)
+        ledger.cancel_predictions(
+            store, provider, mine, f"run {state.name.lower() if state.name else 'ended'}"
+        )
+    finally:
+        close_quietly(provider)
+        close_quietly(store)
+
+
+@flow(
+    name="generate-video-clips",
+    flow_run_name="video-clips-{job.job_id}",
+    validate_parameters=True,
+    on_cancellation=[cancel_run_predictions],
+    on_crashed=[cancel_run_predictions],
+)
 def generate_video_clips(
     job: ClipPrompts,
     options: GenerationOptions | None = None,
@@ -67,14 +97,47 @@ def generate_video_clips(
     )
     run_context = FlowRunContext.get()
     assert run_context is not None and run_context.flow_run is not None
-    with run_backends(run_context.flow_run.id, provider, store, settings) as backends:
-        result, outcome = _generate(plan, backends, settings)
+    run = run_context.flow_run
+    with run_backends(
+        run.id, provider, store, settings, job_id=plan.job_id, budget_usd=plan.budget_usd
+    ) as backends:
+        result, outcome = _generate(plan, backends, settings, str(run.id), run.start_time)
     if outcome.succeeded:
         return Completed(message=outcome.message, data=result)
     return Failed(message=outcome.message, data=result)
 
 
-def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Clips, Outcome]:
+def _generate(
+    plan: JobPlan, backends: Backends, settings: Settings, run_id: str, run_started: datetime | None
+) -> tuple[Clips, Outcome]:
+    _best_effort("stopping predictions nobody will adopt", lambda: _cancel_stale(plan, backends))
+    try:
+        return _generate_clips(plan, backends, settings)
+    finally:
+        # Also when the run is interrupted (cancelled, terminated): nothing it paid for keeps running.
+        _best_effort(
+            "stopping what is left running", lambda: _cancel_left(plan, backends, run_id, run_started)
+        )
+
+
+def _cancel_stale(plan: JobPlan, backends: Backends) -> None:
+    store = backends.store
+    fingerprints = {clip.clip_index: plan_fingerprint(clip) for clip in plan.clips}
+    stored = {
+        record.clip_index
+        for record in store.clip_records(plan.job_id)
+        if record.status == "success" and record.plan_fingerprint == fingerprints.get(record.clip_index)
+    }
+    stale = ledger.stale_at_start(store.predictions(plan.job_id), fingerprints, stored)
+    ledger.cancel_predictions(store, backends.provider, stale, "no clip of this job will use it")
+
+
+def _cancel_left(plan: JobPlan, backends: Backends, run_id: str, run_started: datetime | None) -> None:
+    left = ledger.left_at_end(backends.store.predictions(plan.job_id), run_id, run_started)
+    ledger.cancel_predictions(backends.store, backends.provider, left, "the run ended without using it")
+
+
+def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Clips, Outcome]:
     began = time.monotonic()
     logger = get_run_logger()
     logger.info(
@@ -115,7 +178,7 @@ def _generate(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Cl
                 "progress artifact",
                 functools.partial(update_progress_artifact, artifact, tally.percent, description),
             )
-            if clip.status == "success":
+            if clip.status == "success" and not clip.reused:  # a reused clip has its thumbnail already
                 thumbnails.append(thumbnail_runner.submit(generate_thumbnail, {"plan": clip_plan}))
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)

@@ -65,6 +65,8 @@ def generate_clip(plan: ClipPlan) -> Clip:
         Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
         started_at=context.task_run.start_time,
         slot=prediction_slot(backends),
+        run_id=str(context.task_run.flow_run_id),
+        budget=backends.budget,
     )
 
 

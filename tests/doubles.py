@@ -46,6 +46,7 @@ class ScriptedProvider:
         self.calls: Counter[int] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.canceled: list[str] = []
         self._lock = threading.Lock()
 
     def generate(
@@ -55,6 +56,7 @@ class ScriptedProvider:
         *,
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
+        before_create: Callable[[], None] | None = None,
     ) -> Generation:
         with self._lock:
             self.calls[plan.clip_index] += 1
@@ -76,6 +78,11 @@ class ScriptedProvider:
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def cancel(self, prediction_id: str) -> str | None:
+        with self._lock:
+            self.canceled.append(prediction_id)
+        return "canceled"
 
 
 class FlakyUploadStore(LocalStore):

@@ -164,7 +164,11 @@ BAD_JOBS = {
     ),
     "unreachable reference": (
         edit(lambda j: j["clip_prompts"][0].update(scene_reference_url=closed_port_url())),
-        "clip_prompts[0].scene_reference_url: http://127.0.0.1",
+        "is unreachable (ConnectError",  # loopback is allowed in the test below, so it is tried
+    ),
+    "private reference": (
+        edit(lambda j: j["clip_prompts"][0].update(scene_reference_url="http://10.0.0.5/scene.jpg")),
+        "clip_prompts[0].scene_reference_url: http://10.0.0.5/scene.jpg resolves to a private address",
     ),
     "unsupported scheme": (
         edit(lambda j: j["clip_prompts"][0].update(scene_reference_url="ftp://example.com/a.jpg")),
@@ -175,8 +179,13 @@ BAD_JOBS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_JOBS))
 def test_bad_job_is_refused_before_anything_runs(
-    case: str, example_job: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+    case: str,
+    example_job: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES", "true")  # for "unreachable reference"
     change, expected = BAD_JOBS[case]
     write_job(example_job, change(example()))
     assert main(["run", str(example_job)]) == 2

@@ -1,29 +1,59 @@
-"""Reference images over real HTTP on loopback, as data URIs and as files: fetched once, verified, cached."""
+"""Reference images: real HTTP on loopback, data URIs and files; fetched once, verified, cached. And what a
+job may not point at: private, loopback and metadata addresses (also behind redirects and DNS), files on the
+worker. The CLI inlines the files of a job as data URIs."""
 
 from __future__ import annotations
 
 import base64
 import functools
+import ipaddress
+import json
+import re
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+from uuid import UUID, uuid4
 
+import httpx
 import pytest
+from PIL import Image
 
+from clipgen.cli import MAX_INLINED_BYTES, load_job, main
 from clipgen.errors import ValidationError
-from clipgen.references import resolve_reference
-from tests.conftest import EXAMPLE_JOB
+from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.references import (
+    MAX_IMAGE_BYTES,
+    ReferencePolicy,
+    _PinnedTransport,
+    address_refusal,
+    resolve_reference,
+)
+from clipgen.settings import Settings
+from clipgen.stores.local import LocalStore
+from tests.conftest import EXAMPLE_JOB, write_job
 
 IMAGES = EXAMPLE_JOB.parent / "images"
+FIELD = "clip_prompts[2].scene_reference_url"
+LOOPBACK_OK = ReferencePolicy(allow_loopback=True)
+FILES_OK = ReferencePolicy(allow_files=True)
 
 
-class CountingHandler(SimpleHTTPRequestHandler):
-    hits: ClassVar[list[str]] = []
+class ImageHandler(SimpleHTTPRequestHandler):
+    """Serves examples/images; /redirect?to=URL answers 302 to URL. Records each path and Host header."""
+
+    hits: ClassVar[list[tuple[str, str]]] = []
 
     def do_GET(self) -> None:
-        CountingHandler.hits.append(self.path)
+        ImageHandler.hits.append((self.path, self.headers.get("Host", "")))
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.partition("?to=")[2])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         super().do_GET()
 
     def log_message(self, format: str, *args: object) -> None:
@@ -32,8 +62,8 @@ class CountingHandler(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def image_server() -> Iterator[str]:
-    CountingHandler.hits = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(CountingHandler, directory=str(IMAGES)))
+    ImageHandler.hits = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(ImageHandler, directory=str(IMAGES)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -41,30 +71,460 @@ def image_server() -> Iterator[str]:
     server.server_close()
 
 
+def data_uri(path: Path, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+# --- http(s): fetched once, cached, errors name the field ---------------------------------------------------
+
+
 def test_http_reference_is_fetched_once_and_cached(image_server: str, tmp_path: Path) -> None:
     url = f"{image_server}/meadow.jpg"
-    first = resolve_reference(url, "clip_prompts[0].scene_reference_url", tmp_path)
-    second = resolve_reference(url, "clip_prompts[0].scene_reference_url", tmp_path)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    second = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
     assert first == second
     assert first.read_bytes() == (IMAGES / "meadow.jpg").read_bytes()
-    assert CountingHandler.hits == ["/meadow.jpg"]
+    assert [path for path, _ in ImageHandler.hits] == ["/meadow.jpg"]
 
 
 def test_http_errors_name_the_field(image_server: str, tmp_path: Path) -> None:
     with pytest.raises(
-        ValidationError, match=r"^clip_prompts\[1\]\.scene_reference_url: .* answered HTTP 404"
+        ValidationError, match=r"^clip_prompts\[2\]\.scene_reference_url: .* answered HTTP 404"
     ):
-        resolve_reference(f"{image_server}/missing.jpg", "clip_prompts[1].scene_reference_url", tmp_path)
+        resolve_reference(f"{image_server}/missing.jpg", FIELD, tmp_path, LOOPBACK_OK)
 
 
-def test_data_uri_and_file_path(tmp_path: Path) -> None:
-    data = (IMAGES / "ada.png").read_bytes()
-    from_uri = resolve_reference("data:image/png;base64," + base64.b64encode(data).decode(), "f", tmp_path)
-    assert from_uri.read_bytes() == data
-    assert resolve_reference(str(IMAGES / "ada.png"), "f", tmp_path) == (IMAGES / "ada.png").resolve()
-    assert resolve_reference((IMAGES / "ada.png").as_uri(), "f", tmp_path) == (IMAGES / "ada.png").resolve()
+# --- where a fetch may connect ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        ("10.0.0.5", "a private address 10.0.0.5"),
+        ("172.16.3.4", "a private address 172.16.3.4"),
+        ("192.168.1.1", "a private address 192.168.1.1"),
+        ("127.0.0.1", "a loopback address 127.0.0.1"),
+        ("127.8.9.10", "a loopback address 127.8.9.10"),
+        ("::1", "a loopback address ::1"),
+        ("169.254.169.254", "a link-local address 169.254.169.254"),
+        ("fe80::1", "a link-local address fe80::1"),
+        ("224.0.0.251", "a multicast address 224.0.0.251"),
+        ("ff02::1", "a multicast address ff02::1"),
+        ("0.0.0.0", "an unspecified address 0.0.0.0"),
+        ("::", "an unspecified address ::"),
+        ("240.0.0.1", "a private address 240.0.0.1"),
+        ("fc00::1", "a private address fc00::1"),
+        ("100.64.0.1", "a non-public address 100.64.0.1"),
+        ("::ffff:10.0.0.5", "a private address ::ffff:a00:5 (IPv4 10.0.0.5)"),
+        ("::ffff:127.0.0.1", "a loopback address ::ffff:7f00:1 (IPv4 127.0.0.1)"),
+        ("::ffff:169.254.169.254", "a link-local address ::ffff:a9fe:a9fe (IPv4 169.254.169.254)"),
+        ("2002:a00:5::1", "a private address 2002:a00:5::1 (IPv4 10.0.0.5)"),
+        ("64:ff9b::a00:5", "a private address 64:ff9b::a00:5 (IPv4 10.0.0.5)"),
+        ("64:ff9b::808:808", None),  # NAT64: a public IPv4 site on an IPv6-only network
+        ("8.8.8.8", None),
+        ("2606:4700:4700::1111", None),
+        ("::ffff:8.8.8.8", None),
+    ],
+)
+def test_which_addresses_are_refused(address: str, refusal: str | None) -> None:
+    assert address_refusal(ipaddress.ip_address(address)) == refusal
+
+
+def test_allowing_loopback_allows_loopback_only() -> None:
+    for allowed in ("127.0.0.1", "127.255.0.1", "::1", "::ffff:127.0.0.1"):
+        assert address_refusal(ipaddress.ip_address(allowed), allow_loopback=True) is None
+    for refused in ("10.0.0.5", "169.254.169.254", "192.168.0.1", "0.0.0.0", "fd00::1"):
+        assert address_refusal(ipaddress.ip_address(refused), allow_loopback=True) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://10.0.0.5/scene.jpg", "resolves to a private address 10.0.0.5"),
+        ("http://169.254.169.254/latest/meta-data/", "resolves to a link-local address 169.254.169.254"),
+        ("http://[::ffff:10.0.0.5]/a.jpg", r"resolves to a private address ::ffff:a00:5 \(IPv4 10.0.0.5\)"),
+        ("https://192.168.1.1:8443/a.jpg", "resolves to a private address 192.168.1.1"),
+        ("http://0x7f000001/a.jpg", "resolves to a loopback address 127.0.0.1"),  # what resolvers make of it
+        ("http://localhost:9/a.jpg", "resolves to a loopback address"),
+    ],
+)
+def test_private_and_loopback_urls_are_refused_without_connecting(
+    url: str, reason: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ValidationError, match=rf"^clip_prompts\[2\]\.scene_reference_url: .*{reason}"):
+        resolve_reference(url, FIELD, tmp_path, ReferencePolicy())
+
+
+def test_a_loopback_refusal_says_how_to_allow_it(image_server: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        resolve_reference(f"{image_server}/meadow.jpg", FIELD, tmp_path, ReferencePolicy())
+    assert "VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES=true" in str(refused.value)
+    assert ImageHandler.hits == []  # refused before connecting
+
+
+def test_the_loopback_setting_is_read_from_the_environment(
+    image_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ValidationError, match="loopback"):
+        resolve_reference(f"{image_server}/meadow.jpg", FIELD, tmp_path)
+    monkeypatch.setenv("VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES", "true")
+    assert resolve_reference(f"{image_server}/meadow.jpg", FIELD, tmp_path).is_file()
+
+
+def test_a_fetch_made_while_loopback_was_allowed_is_not_reused_after(
+    image_server: str, tmp_path: Path
+) -> None:
+    url = f"{image_server}/meadow.jpg"
+    resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    with pytest.raises(ValidationError, match="loopback"):
+        resolve_reference(url, FIELD, tmp_path, ReferencePolicy())
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("http://10.0.0.5/scene.jpg", "which resolves to a private address 10.0.0.5"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            "which resolves to a link-local address 169.254.169.254",
+        ),
+        ("http://[fd12::5]/a.jpg", "which resolves to a private address fd12::5"),
+        ("file:///etc/passwd", "only http\\(s\\) redirects are followed"),
+        ("gopher://127.0.0.1:6379/_INFO", "only http\\(s\\) redirects are followed"),
+    ],
+)
+def test_redirects_into_private_ranges_or_other_schemes_are_refused(
+    image_server: str, target: str, reason: str, tmp_path: Path
+) -> None:
+    # Loopback allowed, so the first hop (our server) is fetched; the hop it redirects to is not.
+    with pytest.raises(ValidationError, match=rf"^{re.escape(FIELD)}: .*{reason}"):
+        resolve_reference(f"{image_server}/redirect?to={target}", FIELD, tmp_path, LOOPBACK_OK)
+    assert len(ImageHandler.hits) == 1
+
+
+def test_redirects_are_followed_three_times_at_most(image_server: str, tmp_path: Path) -> None:
+    def hops(n: int) -> str:
+        url = f"{image_server}/meadow.jpg"
+        for _ in range(n):
+            url = f"{image_server}/redirect?to={url}"
+        return url
+
+    assert resolve_reference(hops(3), FIELD, tmp_path, LOOPBACK_OK).read_bytes() == (
+        (IMAGES / "meadow.jpg").read_bytes()
+    )
+    with pytest.raises(ValidationError, match="redirects more than 3 times"):
+        resolve_reference(hops(4), FIELD, tmp_path, LOOPBACK_OK)
+
+
+Resolver = Callable[..., Any]
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Callable[[str, list[list[str]]], list[str]]:
+    """Names under .test resolve to scripted answers, one per lookup (the last repeats), like a DNS server
+    whose records change; every lookup of them is recorded. Other names resolve as usual."""
+    real: Resolver = socket.getaddrinfo
+    lookups: list[str] = []
+    answers: dict[str, list[list[str]]] = {}
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name not in answers:
+            return real(host, port, *args, **kwargs)
+        lookups.append(name)
+        script = answers[name]
+        addresses = script.pop(0) if len(script) > 1 else script[0]
+        return [
+            info
+            for address in addresses
+            for info in real(address, port, *args, **kwargs)  # numeric: no lookup
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+    def script(name: str, answers_in_order: list[list[str]]) -> list[str]:
+        answers[name] = answers_in_order
+        return lookups
+
+    return script
+
+
+def test_the_connection_goes_to_the_checked_address_not_a_rebound_one(
+    fake_dns: Callable[[str, list[list[str]]], list[str]], image_server: str, tmp_path: Path
+) -> None:
+    # DNS rebinding: the first answer passes the check, the next would point elsewhere. The fetch must
+    # connect to the first answer and keep the name in the Host header.
+    port = image_server.rsplit(":", 1)[1]
+    lookups = fake_dns("images.test", [["127.0.0.1"], ["10.0.0.5"]])
+    path = resolve_reference(f"http://images.test:{port}/dusk.jpg", FIELD, tmp_path, LOOPBACK_OK)
+    assert path.read_bytes() == (IMAGES / "dusk.jpg").read_bytes()
+    assert lookups == ["images.test"]
+    assert ImageHandler.hits == [("/dusk.jpg", f"images.test:{port}")]
+
+
+def test_https_is_sent_to_the_checked_address_with_the_name_for_tls(
+    fake_dns: Callable[[str, list[list[str]]], list[str]],
+) -> None:
+    """The certificate is checked against the name (the TLS server name) while the socket goes to the
+    address that was checked: seen where the pinned transport hands the request on to open a socket."""
+    fake_dns("cdn.test", [["93.184.216.34"]])
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"image")
+
+    transport = _PinnedTransport(allow_loopback=False)
+    transport._inner = httpx.MockTransport(answer)
+    with httpx.Client(transport=transport) as client:
+        assert client.get("https://cdn.test:8443/a.jpg?v=1").content == b"image"
+    [request] = sent
+    assert str(request.url) == "https://93.184.216.34:8443/a.jpg?v=1"
+    assert request.headers["host"] == "cdn.test:8443"
+    assert request.extensions["sni_hostname"] == "cdn.test"
+
+
+def test_a_name_with_any_private_address_is_refused(
+    fake_dns: Callable[[str, list[list[str]]], list[str]], tmp_path: Path
+) -> None:
+    fake_dns("cdn.test", [["8.8.8.8", "10.1.2.3"]])
+    with pytest.raises(
+        ValidationError, match=r"http://cdn.test/a.jpg resolves to a private address 10.1.2.3"
+    ):
+        resolve_reference("http://cdn.test/a.jpg", FIELD, tmp_path, ReferencePolicy())
+
+
+def test_every_redirect_hop_is_resolved_and_checked(
+    fake_dns: Callable[[str, list[list[str]]], list[str]], image_server: str, tmp_path: Path
+) -> None:
+    lookups = fake_dns("internal.test", [["192.168.7.7"]])
+    with pytest.raises(
+        ValidationError,
+        match=r"redirects to http://internal.test/secret.jpg, which resolves to a private address 192\.168",
+    ):
+        resolve_reference(
+            f"{image_server}/redirect?to=http://internal.test/secret.jpg", FIELD, tmp_path, LOOPBACK_OK
+        )
+    assert lookups == ["internal.test"]
+
+
+def test_a_name_that_does_not_resolve_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"its host no-such-host.invalid does not resolve"):
+        resolve_reference("http://no-such-host.invalid/a.jpg", FIELD, tmp_path, ReferencePolicy())
+
+
+def test_credentials_in_a_url_are_not_repeated(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        resolve_reference("http://alice:hunter2@10.0.0.5/a.jpg", FIELD, tmp_path, ReferencePolicy())
+    assert "hunter2" not in str(refused.value) and "10.0.0.5" in str(refused.value)
+
+
+# --- data: URIs -------------------------------------------------------------------------------------------
+
+
+def test_data_uri(tmp_path: Path) -> None:
+    path = resolve_reference(data_uri(IMAGES / "ada.png"), "f", tmp_path, ReferencePolicy())
+    assert path.read_bytes() == (IMAGES / "ada.png").read_bytes()
 
 
 def test_text_data_uri_is_not_base64(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="data URI must be base64"):
-        resolve_reference("data:text/plain,hello", "f", tmp_path)
+        resolve_reference("data:text/plain,hello", "f", tmp_path, ReferencePolicy())
+
+
+def test_an_oversized_data_uri_is_refused_and_never_quoted(tmp_path: Path) -> None:
+    uri = "data:image/png;base64," + "A" * (MAX_IMAGE_BYTES * 4 // 3 + 8)
+    with pytest.raises(ValidationError, match=r"^f: data URI is larger than 20 MB$"):
+        resolve_reference(uri, "f", tmp_path, ReferencePolicy())
+    with pytest.raises(ValidationError) as refused:
+        resolve_reference("data:image/png;base64," + "B" * 5000, "f", tmp_path, ReferencePolicy())
+    assert "BBBB" not in str(refused.value)
+
+
+def test_unsupported_schemes_are_quoted_short(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        resolve_reference("ftp://example.com/" + "x" * 500, "f", tmp_path, ReferencePolicy())
+    message = str(refused.value)
+    assert "unsupported reference" in message and len(message) < 150
+
+
+# --- files: refused unless allowed -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [str(IMAGES / "ada.png"), (IMAGES / "ada.png").as_uri(), "images/ada.png", "/etc/passwd", "~/.ssh/id"],
+)
+def test_file_references_are_refused_by_default(ref: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError) as refused:
+        resolve_reference(ref, FIELD, tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"{FIELD}: file references are refused")
+    assert "http(s)" in message and "data:" in message and "VIDEO_GENERATOR_ALLOW_FILE_REFERENCES" in message
+
+
+def test_file_references_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ada = IMAGES / "ada.png"
+    assert resolve_reference(str(ada), "f", tmp_path, FILES_OK) == ada.resolve()
+    assert resolve_reference(ada.as_uri(), "f", tmp_path, FILES_OK) == ada.resolve()
+    monkeypatch.setenv("VIDEO_GENERATOR_ALLOW_FILE_REFERENCES", "true")
+    assert resolve_reference(str(ada), "f", tmp_path) == ada.resolve()
+    with pytest.raises(ValidationError, match="file not found"):
+        resolve_reference(str(tmp_path / "nope.png"), "f", tmp_path)
+
+
+def test_both_settings_default_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings()
+    assert (settings.allow_file_references, settings.allow_loopback_references) == (False, False)
+    monkeypatch.setenv("VIDEO_GENERATOR_ALLOW_FILE_REFERENCES", "1")
+    monkeypatch.setenv("VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES", "yes")
+    assert ReferencePolicy.from_settings() == ReferencePolicy(allow_files=True, allow_loopback=True)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_flow_refuses_a_file_path_from_a_job_before_any_clip(data_dir: Path) -> None:
+    """As a job from the UI, the API or the queue arrives: straight to the flow, not through the CLI."""
+    from flows.video_generator import generate_video_clips
+
+    job = ClipPrompts.model_validate(
+        {
+            "job_id": str(uuid4()),
+            "clip_prompts": [
+                {"clip_index": 0, "prompt": "p", "duration": 4.0, "scene_reference_url": "/etc/hostname"},
+                {
+                    "clip_index": 1,
+                    "prompt": "q",
+                    "duration": 4.0,
+                    "scene_reference_url": str(IMAGES / "ada.png"),
+                },
+            ],
+        }
+    )
+    state = generate_video_clips(job, GenerationOptions(model="veo-3.1"), return_state=True)
+    assert state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "clip_prompts[0].scene_reference_url: file references are refused" in message
+    assert "clip_prompts[1].scene_reference_url: file references are refused" in message
+    assert LocalStore(data_dir).clip_records(job.job_id) == []
+
+
+# --- the CLI inlines a job's files --------------------------------------------------------------------------
+
+
+def test_load_job_inlines_files_as_data_uris_with_their_type(example_job: Path) -> None:
+    raw = json.loads(example_job.read_text())
+    job = load_job(example_job)
+    images = example_job.parent / "images"
+    for before, after in zip(raw["clip_prompts"], job.clip_prompts, strict=True):
+        characters = zip(before["character_reference_urls"], after.character_reference_urls, strict=True)
+        refs = [(before["scene_reference_url"], after.scene_reference_url), *characters]
+        for original, inlined in refs:
+            if not original:
+                assert inlined is None
+            elif original.startswith("data:"):
+                assert inlined == original  # left as it was
+            else:
+                mime = "image/png" if original.endswith(".png") else "image/jpeg"
+                assert inlined == data_uri(images / Path(original).name, mime)
+
+
+def test_file_urls_and_absolute_paths_are_inlined_too(tmp_path: Path) -> None:
+    webp = tmp_path / "photo.webp"
+    Image.new("RGB", (64, 36), "orange").save(webp)
+    job = {
+        "job_id": str(uuid4()),
+        "clip_prompts": [
+            {"clip_index": 0, "prompt": "p", "duration": 4, "scene_reference_url": webp.as_uri()},
+            {"clip_index": 1, "prompt": "q", "duration": 4, "scene_reference_url": str(IMAGES / "dusk.jpg")},
+        ],
+    }
+    loaded = load_job(write_job(tmp_path / "job.json", job))
+    assert loaded.clip_prompts[0].scene_reference_url == data_uri(webp, "image/webp")
+    assert loaded.clip_prompts[1].scene_reference_url == data_uri(IMAGES / "dusk.jpg", "image/jpeg")
+
+
+def bad_file_job(tmp_path: Path, **refs: Any) -> Path:
+    prompt = {"clip_index": 0, "prompt": "p", "duration": 4.0, "character_reference_urls": []} | refs
+    return write_job(tmp_path / "job.json", {"job_id": str(uuid4()), "clip_prompts": [prompt]})
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (
+            lambda d: {"scene_reference_url": "nope.jpg"},
+            "clip_prompts[0].scene_reference_url: file not found",
+        ),
+        (
+            lambda d: {"character_reference_urls": [str(IMAGES / "ada.png"), "job.json"]},
+            "clip_prompts[0].character_reference_urls[1]: not an image",
+        ),
+        (lambda d: {"scene_reference_url": str(d)}, "clip_prompts[0].scene_reference_url: not a file"),
+        (lambda d: {"object_reference_urls": ["big.png"]}, "clip_prompts[0].object_reference_urls[0]: "),
+    ],
+    ids=["missing", "not an image", "a directory", "too big"],
+)
+def test_the_cli_refuses_files_it_cannot_inline(
+    make: Callable[[Path], dict[str, Any]],
+    expected: str,
+    tmp_path: Path,
+    data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with (tmp_path / "big.png").open("wb") as big:
+        big.truncate(MAX_IMAGE_BYTES + 1)  # sparse: the size is refused before anything is read
+    job = bad_file_job(tmp_path, **make(tmp_path))
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    if "big" in expected or "object" in expected:
+        assert "is larger than 20 MB" in err
+    assert not (data_dir / "video_generator.db").exists()
+
+
+def test_the_cli_refuses_a_job_whose_files_add_up_to_too_much(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    noise = tmp_path / "noise.png"
+    Image.effect_noise((1024, 1024), 120).convert("RGB").save(noise)  # incompressible: about 3 MB
+    copies = MAX_INLINED_BYTES // noise.stat().st_size + 1
+    job = bad_file_job(tmp_path, character_reference_urls=["noise.png"] * copies)
+    assert main(["submit", str(job), "--model", "veo-3.1"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"clip_prompts[0].character_reference_urls[{copies - 1}]: the job's image files add up to more" in err
+    )
+    assert "http(s)" in err
+
+
+def test_submit_queues_the_job_with_its_images_inlined(example_job: Path, data_dir: Path) -> None:
+    assert main(["submit", str(example_job), "--model", "veo-3.1"]) == 0
+    queued = LocalStore(data_dir).queued_job(UUID(json.loads(example_job.read_text())["job_id"]))
+    assert queued is not None
+    refs = [p["scene_reference_url"] for p in queued.job["clip_prompts"] if p["scene_reference_url"]]
+    refs += [r for p in queued.job["clip_prompts"] for r in p["character_reference_urls"]]
+    assert refs and all(ref.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) for ref in refs)
+    # The queued job is self-contained: it plans on a worker that may not read files.
+    job = ClipPrompts.model_validate(queued.job)
+    for ref in refs:
+        assert resolve_reference(ref, "f", data_dir / "cache", ReferencePolicy()).is_file()
+    assert job.job_id == queued.job_id
+
+
+@pytest.mark.parametrize(
+    "ref", ["ftp://[example.com/a.png", "x://a\uff03b/a.png", "nul \x00 inside", "\ud800"]
+)
+def test_references_that_are_no_url_or_path_are_left_to_the_job_model(
+    ref: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = bad_file_job(tmp_path, character_reference_urls=[ref])
+    assert main(["run", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "clip_prompts[0].character_reference_urls[0]: " in err and "Traceback" not in err
+
+
+def test_a_direct_caller_gets_a_refusal_for_an_unparseable_reference(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"^f: not a URL or data: URI"):
+        resolve_reference("http://[::1/a.png", "f", tmp_path, ReferencePolicy())
+    with pytest.raises(ValidationError, match=r"^f: file not found"):
+        resolve_reference("a\x00b.png", "f", tmp_path, FILES_OK)

@@ -301,3 +301,19 @@ def test_unsupported_ratios_are_refused_before_any_request(model: str, fake: Fak
         ):
             make_plan(model, ratio, 4.0, image=True)
     assert fake.creates == creates
+
+
+@pytest.mark.parametrize("fault", ["reset_after_create"])
+def test_a_create_whose_answer_was_lost_is_adopted_not_paid_again(
+    fault: str, fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind=fault, match=plan.prompt))
+    created: list[str] = []
+
+    generation = provider.generate(plan, tmp_path / "clip.mp4", on_created=created.append)
+
+    made = [p for p in fake.predictions if p["input"].get("prompt") == plan.prompt]
+    assert len(made) == 1 and made[0]["status"] == "succeeded"
+    assert generation.prediction_id == made[0]["id"] and created == [made[0]["id"]]
+    assert fake.connection_resets >= 1

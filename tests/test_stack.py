@@ -122,7 +122,7 @@ def test_migrations_apply_to_an_empty_project_and_again(supabase_db: SupabaseDb)
             "select string_agg(tablename, ',' order by tablename) from pg_tables where schemaname = 'public'",
             db=db,
         )
-        assert tables == "clip_thumbnails,clips,job_events,video_jobs"
+        assert tables == "clip_predictions,clip_thumbnails,clips,job_events,video_jobs"
 
 
 def test_service_role_inserts_and_upserts_a_clip(supabase_db: SupabaseDb) -> None:

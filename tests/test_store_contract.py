@@ -172,3 +172,37 @@ def test_a_follower_never_skips_an_event_while_threads_append(store: ClipStore) 
     follower.join(timeout=60)
     assert sorted(seen) == [e.id for e in store.events(job_id)]  # every event, none skipped or repeated
     assert len(seen) == writers * each
+
+
+def test_the_prediction_ledger_keeps_every_paid_request_in_order(store: ClipStore) -> None:
+    from clipgen.stores.base import PredictionRecord
+
+    job_id = uuid4()
+    first = PredictionRecord(
+        prediction_id=f"p-{uuid4().hex}", job_id=job_id, clip_index=1, provider="replicate", model="veo-3.1",
+        plan_fingerprint="abc", run_id="run-1", cost=0.4,
+    )  # fmt: skip
+    second = first.model_copy(update={"prediction_id": f"p-{uuid4().hex}", "clip_index": 0})
+    store.record_prediction(first)
+    store.record_prediction(second)
+    created = store.predictions(job_id)[0].created_at
+    time.sleep(0.01)
+    store.record_prediction(first.model_copy(update={"status": "delivered"}))
+
+    rows = store.predictions(job_id)
+    assert [(r.prediction_id, r.clip_index, r.status) for r in rows] == [
+        (first.prediction_id, 1, "delivered"),
+        (second.prediction_id, 0, "created"),
+    ]
+    assert rows[0].created_at == created and rows[0].updated_at is not None
+    assert rows[0].updated_at > created  # type: ignore[operator]
+    assert (rows[0].plan_fingerprint, rows[0].run_id, rows[0].cost, rows[0].provider) == (
+        "abc", "run-1", 0.4, "replicate",
+    )  # fmt: skip
+    assert store.predictions(uuid4()) == []
+
+
+def test_a_clip_row_keeps_the_plan_it_was_made_for(store: ClipStore) -> None:
+    job_id = uuid4()
+    store.upsert_clip(clip(job_id, 0, status="success", plan_fingerprint="f1"))
+    assert [r.plan_fingerprint for r in store.clip_records(job_id)] == ["f1"]

@@ -88,6 +88,7 @@ def create_app(state: FakeState) -> FastAPI:
     # --- predictions ------------------------------------------------------------------------------------
 
     async def create(request: Request, model: str | None) -> Response:
+        arrived = time.monotonic()
         try:
             authorize(request)
             body = await _json_object(request)
@@ -96,8 +97,9 @@ def create_app(state: FakeState) -> FastAPI:
             fault = state.faults.take_create_fault(prompt)
             if fault is not None and fault.kind == "connection_reset":
                 state.record_reset()
+                state.log_create(arrived, 0)
                 return DropConnection()
-            if fault is not None:
+            if fault is not None and fault.kind != "reset_after_create":
                 raise _fault_error(fault)
             schema = _schema_for(body, model)
             problems = _body_problems(body, with_version=model is None)
@@ -107,15 +109,21 @@ def create_app(state: FakeState) -> FastAPI:
                 raise invalid(problems)
         except ApiError as exc:
             state.reject(exc.status)
+            state.log_create(arrived, exc.status)
             raise
         assert isinstance(values, dict)
         prediction = state.create(schema, values, base_url(request))
+        if fault is not None:  # reset_after_create: made (and billed), but the answer never arrives
+            state.record_reset()
+            state.log_create(arrived, 0)
+            return DropConnection()
         wait = _prefer_wait(request.headers.get("prefer", ""))
         deadline = time.monotonic() + wait
         while wait and not state.is_terminal(prediction["id"]) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         if wait:
             prediction = state.get(prediction["id"]) or prediction
+        state.log_create(arrived, 201)
         return JSONResponse(prediction, 201)
 
     @app.post("/v1/models/{owner}/{name}/predictions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,6 +14,7 @@ FaultKind = Literal[
     "rate_limit",
     "server_error",
     "connection_reset",
+    "reset_after_create",
     "fail",
     "hang",
     "short",
@@ -22,7 +24,9 @@ FaultKind = Literal[
 ]
 # These answer the create request itself, so nothing is created; DOWNLOAD_FAULTS answer an output
 # download; the others shape the prediction. `times` counts creates, downloads, or predictions accordingly.
-CREATE_FAULTS: frozenset[str] = frozenset({"rate_limit", "server_error", "connection_reset"})
+CREATE_FAULTS: frozenset[str] = frozenset(
+    {"rate_limit", "server_error", "connection_reset", "reset_after_create"}
+)
 DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error"})
 
 
@@ -32,12 +36,15 @@ class Fault(BaseModel):
     - rate_limit: the create gets 429 with "resets in ~{seconds}s" and `Retry-After`; nothing is created.
     - server_error: the create gets `status` (500/502/503/504); nothing is created.
     - connection_reset: the create's connection is dropped without an answer; nothing is created.
+    - reset_after_create: the prediction is created, then the connection is dropped without an answer.
     - fail: created, then fails with `error`.     - hang: created, stays processing until canceled.
     - short: the output is half as long.          - corrupt: the output is not a decodable video.
     - expired: the output URL answers 404.        - latency: processing takes `seconds`.
     - download_error: a download of the output answers 500 (the next one is fine unless `times` > 1).
     `match` limits the fault to predictions whose input `prompt` contains it; `times` is how often it
     fires (-1: always): creates answered, predictions affected, or (download_error) downloads answered.
+    `lasts_s` ends the fault that many seconds after it is added, whatever is left of `times` (a 429 storm:
+    `Fault(kind="rate_limit", times=-1, lasts_s=3)` answers every create for 3 s).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,6 +55,7 @@ class Fault(BaseModel):
     seconds: float = Field(1.0, ge=0)
     status: int = 503
     error: str = "Internal error"
+    lasts_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _sane(self) -> Fault:
@@ -65,6 +73,7 @@ class Fault(BaseModel):
 class _Entry:
     fault: Fault
     left: int  # -1: forever
+    until: float  # time.monotonic() when it ends (inf: never)
 
 
 class FaultBook:
@@ -75,17 +84,28 @@ class FaultBook:
         self._entries: list[_Entry] = []
 
     def add(self, *faults: Fault) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._entries += [_Entry(fault, fault.times) for fault in faults]
+            self._entries += [
+                _Entry(fault, fault.times, now + fault.lasts_s if fault.lasts_s else float("inf"))
+                for fault in faults
+            ]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
     def pending(self) -> list[Fault]:
-        """The faults that can still fire, `times` set to what is left."""
+        """The faults that can still fire, `times` and `lasts_s` set to what is left."""
         with self._lock:
-            return [entry.fault.model_copy(update={"times": entry.left}) for entry in self._entries]
+            now = self._expire()
+            return [
+                entry.fault.model_copy(
+                    update={"times": entry.left}
+                    | ({"lasts_s": entry.until - now} if entry.fault.lasts_s else {})
+                )
+                for entry in self._entries
+            ]
 
     def take_create_fault(self, prompt: str) -> Fault | None:
         """The first matching fault that answers the create itself, used up by one."""
@@ -97,6 +117,7 @@ class FaultBook:
 
     def _take_first(self, kinds: frozenset[str], prompt: str) -> Fault | None:
         with self._lock:
+            self._expire()
             for entry in self._entries:
                 if entry.fault.kind in kinds and entry.fault.matches(prompt):
                     self._use(entry)
@@ -108,6 +129,7 @@ class FaultBook:
         each used up by one."""
         taken: dict[str, Fault] = {}
         with self._lock:
+            self._expire()
             for entry in list(self._entries):
                 fault = entry.fault
                 shapes = fault.kind not in CREATE_FAULTS and fault.kind not in DOWNLOAD_FAULTS
@@ -115,6 +137,12 @@ class FaultBook:
                     taken[fault.kind] = fault
                     self._use(entry)
         return taken
+
+    def _expire(self) -> float:
+        """Drop the faults whose time is up (under the lock); returns now."""
+        now = time.monotonic()
+        self._entries = [entry for entry in self._entries if entry.until > now]
+        return now
 
     def _use(self, entry: _Entry) -> None:
         if entry.left > 0:

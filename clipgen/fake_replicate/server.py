@@ -11,10 +11,10 @@ import uvicorn
 from clipgen.fake_replicate.app import create_app
 from clipgen.fake_replicate.faults import Fault
 from clipgen.fake_replicate.outputs import RenderCache
-from clipgen.fake_replicate.state import FakeState
+from clipgen.fake_replicate.state import CreateRequest, FakeState
 from clipgen.serving import ResettableH11Protocol, ServerThread
 
-__all__ = ["FakeReplicateServer", "Fault", "serve"]
+__all__ = ["CreateRequest", "FakeReplicateServer", "Fault", "serve"]
 
 
 def _config(state: FakeState, **options: Any) -> uvicorn.Config:
@@ -155,6 +155,17 @@ class FakeReplicateServer:
     def max_in_flight(self) -> int:
         """The most predictions that were starting or processing at the same time."""
         return self.state.max_in_flight
+
+    @property
+    def create_requests(self) -> list[CreateRequest]:
+        """Every create request in the order answered (the last 10,000), with when it arrived, when it
+        was answered (time.monotonic(), this process's clock) and the status it got."""
+        return self.state.create_log()
+
+    @property
+    def in_flight_series(self) -> list[tuple[float, int]]:
+        """(time.monotonic(), predictions in flight) after every change since the start or reset."""
+        return self.state.in_flight_history()
 
     @property
     def latency_s(self) -> float:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 Size = tuple[int, int]
 STARTING_SHARE = 0.2  # of the latency spent "starting" (capped at 1 s) before "processing"
+HISTORY = 10_000  # create requests and in-flight changes remembered, for measuring clients
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    """One create request as the fake saw it: when it arrived and was answered (time.monotonic(), the
+    clock of the process serving the fake) and the status it got (201; 0 for a dropped connection)."""
+
+    arrived: float
+    answered: float
+    status: int
 
 
 @dataclass(eq=False)
@@ -87,6 +98,8 @@ class FakeState:
         self.creates = self.cancels = self.connection_resets = 0
         self.in_flight = self.max_in_flight = 0
         self.rejected: Counter[int] = Counter()
+        self._create_log: deque[CreateRequest] = deque(maxlen=HISTORY)
+        self._in_flight_log: deque[tuple[float, int]] = deque([(time.monotonic(), 0)], maxlen=HISTORY)
 
     # --- creating ---------------------------------------------------------------------------------------
 
@@ -104,6 +117,7 @@ class FakeState:
             self.creates += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._in_flight_log.append((time.monotonic(), self.in_flight))
             self._threads.add(worker)
             # Started under the lock so that close() never sees a thread it cannot join yet.
             worker.start()
@@ -112,6 +126,21 @@ class FakeState:
     def reject(self, status: int) -> None:
         with self._lock:
             self.rejected[status] += 1
+
+    def log_create(self, arrived: float, status: int) -> None:
+        """A create request answered (or dropped: status 0) just now."""
+        with self._lock:
+            self._create_log.append(CreateRequest(arrived, time.monotonic(), status))
+
+    def create_log(self) -> list[CreateRequest]:
+        """The create requests answered (the last HISTORY), oldest first."""
+        with self._lock:
+            return list(self._create_log)
+
+    def in_flight_history(self) -> list[tuple[float, int]]:
+        """(time.monotonic(), predictions in flight) after every change since the start or reset."""
+        with self._lock:
+            return list(self._in_flight_log)
 
     def record_reset(self) -> None:
         with self._lock:
@@ -240,6 +269,7 @@ class FakeState:
         prediction.output_path = changes.get("output_path")
         prediction.logs += changes.get("logs", "")
         self.in_flight -= 1
+        self._in_flight_log.append((time.monotonic(), self.in_flight))
         prediction.wake.set()
 
     # --- views ------------------------------------------------------------------------------------------

@@ -33,12 +33,20 @@ class VideoProvider(Protocol):
         *,
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
+        before_create: Callable[[], None] | None = None,
     ) -> Generation:
         """Produce the clip and write it to `dest` atomically (no half-written file at `dest`).
 
         `on_created` is called with the id of a paid request the moment it exists, before any waiting, so
         it is on record even if this process dies. `resume` is such an id from an earlier attempt: a
         provider re-attaches to it (waits for it, or downloads its output again) instead of paying for a
-        new one, unless it failed, was canceled or its output is gone.
+        new one, unless it failed, was canceled or its output is gone. `before_create` is called right before
+        each paid request is made and may refuse it by raising (the job's budget); it is not called when the
+        provider re-attaches.
         """
+        ...
+
+    def cancel(self, prediction_id: str) -> str | None:
+        """Stop a paid request if it is still running, and return how it ended on the provider's side
+        (`succeeded`, `failed`, `canceled`), or None when that is unknown. Safe to call on one that ended."""
         ...

@@ -29,6 +29,7 @@ class LocalProvider:
         *,
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
+        before_create: Callable[[], None] | None = None,
     ) -> Generation:
         scene = load_image(Path(plan.scene_image)) if plan.scene_image else None
         characters = [load_image(Path(path)) for path in plan.character_images]
@@ -50,3 +51,6 @@ class LocalProvider:
                 "note": f"Local preview rendered in place of {plan.model}; not model output.",
             }
         )
+
+    def cancel(self, prediction_id: str) -> str | None:
+        return None  # renders in-process; there is nothing running elsewhere to stop

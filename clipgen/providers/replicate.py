@@ -7,7 +7,9 @@ Money rules this module keeps:
 - a failed download is retried against the same prediction's output, and a later attempt re-attaches to
   the prediction (`resume`) rather than creating another, unless it failed, was canceled or its output
   is gone;
-- a 429 on create (nothing was created) waits for the reset hint and tries again, within a bound.
+- a 429 on create (nothing was created) waits for the reset hint and tries again, within a bound; the
+  wait is shared by the run's clips, and fewer predictions run at once until creates succeed again
+  (`clipgen.throttle`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +40,7 @@ from clipgen.model_inputs import ModelRequest, build_request
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation
 from clipgen.settings import Settings
+from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,6 +50,8 @@ TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 INLINE_IMAGE_BYTES = 256 * 1024
 DOWNLOAD_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 3
+# How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
+CLOCK_SKEW = timedelta(seconds=30)
 _RESET_HINT = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 _CONTENT_MARKERS = ("flagged", "sensitive", "nsfw", "safety", "content policy", "moderation", "e005")
 _INPUT_MARKERS = ("invalid input", "validation", "not supported", "unsupported")
@@ -67,10 +73,13 @@ class ReplicateProvider:
         max_rate_limit_wait_s: float = 60.0,
         downloads: httpx.Client | None = None,
         api_transport: httpx.BaseTransport | None = None,
+        throttle: AdaptiveLimit | None = None,
     ) -> None:
         """`api_transport` is the transport `client` was built with, if any; it is closed with the provider
-        (the replicate client has no close of its own)."""
+        (the replicate client has no close of its own). `throttle` limits the predictions this provider runs
+        at once, lowered on 429s; by default one without a ceiling, which recovers to the most the run had."""
         self._client = client
+        self.throttle = throttle or AdaptiveLimit(name="Replicate predictions")
         self._api_transport = api_transport
         self._poll_interval_s = poll_interval_s
         self._max_rate_limit_wait_s = max_rate_limit_wait_s
@@ -80,6 +89,8 @@ class ReplicateProvider:
         )
         self._uploaded: dict[tuple[str, str, tuple[int, int]], str] = {}
         self._lock = threading.Lock()
+        # Every prediction this provider created or re-attached to: a lost create never adopts one of these.
+        self._known: set[str] = set()
 
     def close(self) -> None:
         self._downloads.close()
@@ -105,26 +116,34 @@ class ReplicateProvider:
         *,
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
+        before_create: Callable[[], None] | None = None,
     ) -> Generation:
-        prediction = self._reattach(resume) if resume else None
-        request: ModelRequest | None = None
-        while True:
-            reattached = prediction is not None
-            if prediction is None:
-                request = build_request(plan, self._image_uri)
-                prediction = self._create(request)
-                if on_created:
-                    on_created(prediction.id)
-            prediction = self._wait(prediction, plan.timeout_s)
-            try:
-                self._download(_output_url(prediction), dest)
-            except OutputGone:
-                if not reattached:
-                    raise
-                log.warning("output of %s is gone; creating a new prediction", prediction.id)
-                prediction = None
-                continue
-            break
+        # The slot counts this prediction (re-attached or created) until the clip is delivered or given up.
+        with self.throttle.slot() as slot:
+            prediction = self._reattach(resume) if resume else None
+            if prediction is not None:
+                self._remember(prediction.id)
+            request: ModelRequest | None = None
+            while True:
+                reattached = prediction is not None
+                if prediction is None:
+                    request = build_request(plan, self._image_uri)
+                    if before_create:
+                        before_create()  # the job's budget may refuse it
+                    prediction = self._create(request, slot)
+                    self._remember(prediction.id)
+                    if on_created:
+                        on_created(prediction.id)
+                prediction = self._wait(prediction, plan.timeout_s)
+                try:
+                    self._download(_output_url(prediction), dest)
+                except OutputGone:
+                    if not reattached:
+                        raise
+                    log.warning("output of %s is gone; creating a new prediction", prediction.id)
+                    prediction = None
+                    continue
+                break
         notes = (request or build_request(plan, _no_upload)).notes
         return Generation(
             prediction_id=prediction.id,
@@ -136,6 +155,11 @@ class ReplicateProvider:
                 **notes,
             },
         )
+
+    def cancel(self, prediction_id: str) -> str | None:
+        """Cancel a prediction we no longer want (a no-op on Replicate's side for one that has ended)."""
+        prediction = _api(lambda: self._client.predictions.cancel(prediction_id))
+        return str(prediction.status) if prediction.status in TERMINAL else "canceled"
 
     # --- the prediction's lifecycle -------------------------------------------------------------------
 
@@ -149,25 +173,79 @@ class ReplicateProvider:
             return prediction
         return None
 
-    def _create(self, request: ModelRequest) -> Prediction:
-        waited = 0.0
+    def _create(self, request: ModelRequest, slot: Slot) -> Prediction:
+        """Create once. A 429 made nothing: it is recorded with the throttle (which holds every create of
+        the run until the reset hint and lowers the limit), and the create is tried again, as long as this
+        create's waits for hints stay within `max_rate_limit_wait_s`."""
+        detail = "creates are paused after a 429"
         while True:
             try:
-                if request.version:
-                    return self._client.predictions.create(version=request.version, input=request.input)
-                return self._client.models.predictions.create(model=request.model, input=request.input)
+                slot.ready(self._max_rate_limit_wait_s)
+            except HintTooLong as exc:
+                raise TransientError(f"rate limited by Replicate: {detail}", retry_after=exc.wait_s) from None
+            sent_at = datetime.now(UTC)
+            try:
+                prediction = self._send(request)
             except ReplicateError as exc:
                 if exc.status != 429:
+                    made = self._made_anyway(request, sent_at) if (exc.status or 0) >= 500 else None
+                    if made is not None:
+                        slot.succeeded()
+                        return made
+                    slot.failed()
                     raise api_error(exc) from exc
                 delay = rate_limit_delay(exc)
-                if waited + delay > self._max_rate_limit_wait_s:
-                    message = f"rate limited by Replicate: {exc.detail}"
-                    raise TransientError(message, retry_after=delay) from exc
-                log.warning("rate limited on create; waiting %.1f s as the API asks", delay)
-                time.sleep(delay)
-                waited += delay
+                slot.throttled(delay)
+                detail = exc.detail or detail
+                log.warning("rate limited on create; the run's creates wait %.1f s as the API asks", delay)
+                continue
             except httpx.TransportError as exc:
+                made = self._made_anyway(request, sent_at)
+                if made is not None:
+                    slot.succeeded()
+                    return made
+                slot.failed()
                 raise TransientError(f"creating the prediction failed: {exc!r}") from exc
+            slot.succeeded()
+            return prediction
+
+    def _remember(self, prediction_id: str) -> None:
+        with self._lock:
+            self._known.add(prediction_id)
+
+    def _made_anyway(self, request: ModelRequest, sent_at: datetime) -> Prediction | None:
+        """After a create whose answer was lost (connection dropped, 5xx): the prediction it may have made.
+
+        Replicate has no idempotency key, and creating again could pay twice. So look among the newest
+        predictions for one with exactly our input, created since we sent ours, and adopt it.
+        """
+        since = sent_at - CLOCK_SKEW
+        try:
+            recent = _api(lambda: self._client.predictions.list()).results
+        except GenerationError as exc:
+            log.warning("could not look for a prediction the lost create may have made: %s", exc)
+            return None
+        with self._lock:
+            known = set(self._known)
+        matches = [
+            p
+            for p in recent
+            if p.id not in known
+            and p.input == request.input
+            and (p.version == request.version if request.version else p.model == request.model)
+            and _created_at(p) >= since
+        ]
+        if len(matches) != 1:
+            # None: it made nothing. Several: clips with the same input; guessing could take another's.
+            return None
+        made = matches[0]
+        log.warning("the answer to a create was lost, but it made prediction %s; adopting it", made.id)
+        return made
+
+    def _send(self, request: ModelRequest) -> Prediction:
+        if request.version:
+            return self._client.predictions.create(version=request.version, input=request.input)
+        return self._client.models.predictions.create(model=request.model, input=request.input)
 
     def _wait(self, prediction: Prediction, timeout_s: float) -> Prediction:
         deadline = time.monotonic() + timeout_s
@@ -253,6 +331,11 @@ def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _created_at(prediction: Prediction) -> datetime:
+    created = datetime.fromisoformat(str(prediction.created_at).replace("Z", "+00:00"))
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def _output_url(prediction: Prediction) -> str:

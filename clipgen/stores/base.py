@@ -14,6 +14,11 @@ THUMBNAIL_BUCKET = "clip-thumbnails"
 BUCKETS = (VIDEO_BUCKET, THUMBNAIL_BUCKET)
 
 ClipStatus = Literal["running", "success", "failed"]
+# created: exists on the provider and we have not seen it end (in flight, or its outcome is unknown to us);
+# delivered: its output is the stored clip; rejected: its output failed our checks (too short, wrong shape);
+# unused: it succeeded but its output was never used (e.g. found after the clip was stored from another);
+# failed / canceled: it ended on the provider's side that way (or we canceled it).
+PredictionStatus = Literal["created", "delivered", "rejected", "unused", "failed", "canceled"]
 
 
 def clip_object_path(job_id: UUID, clip_index: int) -> str:
@@ -49,6 +54,26 @@ class ClipRecord(BaseModel):
     height: int | None = None
     fps: float | None = None
     video_path: str | None = Field(None, description="Object path in the video bucket.")
+    cost: float = 0.0
+    error: str | None = None
+    plan_fingerprint: str | None = Field(
+        None, description="What the clip was made for (model, prompt, shape, duration, images)."
+    )
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class PredictionRecord(BaseModel):
+    """One row of `clip_predictions`: the ledger of every paid request, written the moment it exists."""
+
+    prediction_id: str
+    job_id: UUID
+    clip_index: int
+    provider: str
+    model: str
+    plan_fingerprint: str = Field(description="The plan it was created for; only that plan may adopt it.")
+    run_id: str | None = Field(None, description="The flow run that created it.")
+    status: PredictionStatus = "created"
     cost: float = 0.0
     error: str | None = None
     created_at: datetime | None = None
@@ -108,4 +133,12 @@ class ClipStore(Protocol):
 
     def thumbnail_records(self, job_id: UUID) -> list[ThumbnailRecord]:
         """The job's thumbnail rows, by clip_index."""
+        ...
+
+    def record_prediction(self, record: PredictionRecord) -> None:
+        """Insert or update the ledger row of `record.prediction_id`, keeping created_at from the first."""
+        ...
+
+    def predictions(self, job_id: UUID) -> list[PredictionRecord]:
+        """The job's ledger, oldest first."""
         ...

@@ -14,7 +14,14 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID, uuid4
 
-from clipgen.stores.base import BUCKETS, ClipRecord, StoredEvent, StoredObject, ThumbnailRecord
+from clipgen.stores.base import (
+    BUCKETS,
+    ClipRecord,
+    PredictionRecord,
+    StoredEvent,
+    StoredObject,
+    ThumbnailRecord,
+)
 from clipgen.stores.queue import (
     DEFAULT_MAX_ATTEMPTS,
     JobBusy,
@@ -73,12 +80,31 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at TEXT NOT NULL DEFAULT {_SQL_NOW}, updated_at TEXT NOT NULL DEFAULT {_SQL_NOW})""",
         "CREATE INDEX IF NOT EXISTS video_jobs_claim ON video_jobs (status, created_at)",
     ),
+    # 3: the prediction ledger (every paid request, so none is paid twice or left running) and the plan a
+    # stored clip was made for (so a rerun reuses it instead of paying again).
+    (
+        """CREATE TABLE IF NOT EXISTS clip_predictions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            prediction_id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL, clip_index INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+            plan_fingerprint TEXT NOT NULL, run_id TEXT,
+            status TEXT NOT NULL
+                CHECK (status IN ('created', 'delivered', 'rejected', 'unused', 'failed', 'canceled')),
+            cost REAL NOT NULL DEFAULT 0, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS clip_predictions_job ON clip_predictions (job_id, id)",
+        "ALTER TABLE clips ADD COLUMN plan_fingerprint TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CLIP_COLUMNS = (
     "job_id", "clip_index", "status", "model", "prediction_id", "attempts", "requested_duration",
     "target_duration", "actual_duration", "width", "height", "fps", "video_path", "cost", "error",
+    "plan_fingerprint",
+)  # fmt: skip
+_PREDICTION_COLUMNS = (
+    "prediction_id", "job_id", "clip_index", "provider", "model", "plan_fingerprint", "run_id", "status",
+    "cost", "error",
 )  # fmt: skip
 _THUMBNAIL_COLUMNS = ("job_id", "clip_index", "thumbnail_path", "thumbnail_url")
 
@@ -94,18 +120,26 @@ def _iso(value: datetime | None) -> str:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).strftime(_TIME_FORMAT)
 
 
-def _upsert_sql(table: str, columns: tuple[str, ...], timestamps: tuple[str, ...]) -> str:
-    """INSERT, or on a repeat of (job_id, clip_index) update every column except created_at."""
+def _upsert_sql(
+    table: str,
+    columns: tuple[str, ...],
+    timestamps: tuple[str, ...],
+    key: tuple[str, ...] = ("job_id", "clip_index"),
+) -> str:
+    """INSERT, or on a repeat of `key` update every column except the key and created_at."""
     names = (*columns, *timestamps)
-    updates = [f"{c} = excluded.{c}" for c in names if c not in ("job_id", "clip_index", "created_at")]
+    updates = [f"{c} = excluded.{c}" for c in names if c not in (*key, "created_at")]
     return (
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(':' + n for n in names)}) "
-        f"ON CONFLICT (job_id, clip_index) DO UPDATE SET {', '.join(updates)}"
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {', '.join(updates)}"
     )
 
 
 _UPSERT_CLIP = _upsert_sql("clips", _CLIP_COLUMNS, ("created_at", "updated_at"))
 _UPSERT_THUMBNAIL = _upsert_sql("clip_thumbnails", _THUMBNAIL_COLUMNS, ("created_at",))
+_UPSERT_PREDICTION = _upsert_sql(
+    "clip_predictions", _PREDICTION_COLUMNS, ("created_at", "updated_at"), key=("prediction_id",)
+)
 
 
 class LocalStore:
@@ -233,10 +267,23 @@ class LocalStore:
         rows = self._job_rows("clip_thumbnails", (*_THUMBNAIL_COLUMNS, "created_at"), job_id)
         return [ThumbnailRecord.model_validate(row) for row in rows]
 
-    def _job_rows(self, table: str, columns: tuple[str, ...], job_id: UUID) -> list[dict[str, Any]]:
+    def record_prediction(self, record: PredictionRecord) -> None:
+        params = record.model_dump(include=set(_PREDICTION_COLUMNS))
+        params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
+        with closing(self._connect()) as conn, conn:
+            conn.execute(_UPSERT_PREDICTION, params)
+
+    def predictions(self, job_id: UUID) -> list[PredictionRecord]:
+        columns = (*_PREDICTION_COLUMNS, "created_at", "updated_at")
+        rows = self._job_rows("clip_predictions", columns, job_id, order="id")
+        return [PredictionRecord.model_validate(row) for row in rows]
+
+    def _job_rows(
+        self, table: str, columns: tuple[str, ...], job_id: UUID, order: str = "clip_index"
+    ) -> list[dict[str, Any]]:
         with closing(self._connect()) as conn:
             rows = conn.execute(
-                f"SELECT {', '.join(columns)} FROM {table} WHERE job_id = ? ORDER BY clip_index",
+                f"SELECT {', '.join(columns)} FROM {table} WHERE job_id = ? ORDER BY {order}",
                 (str(job_id),),
             ).fetchall()
         return [dict(row) for row in rows]

@@ -30,6 +30,7 @@ from clipgen.settings import Settings
 from clipgen.stores.base import (
     BUCKETS,
     ClipRecord,
+    PredictionRecord,
     StoredEvent,
     StoredObject,
     ThumbnailRecord,
@@ -170,6 +171,20 @@ class SupabaseStore:
         query = table.select("*").eq("job_id", str(job_id)).order("clip_index")
         return [ThumbnailRecord.model_validate(row) for row in _retry("read thumbnails", query.execute).data]
 
+    def record_prediction(self, record: PredictionRecord) -> None:
+        row = _row(record, exclude={"created_at"} if record.created_at is None else set())
+        row["updated_at"] = datetime.now(UTC).isoformat()
+        table = self._client.table("clip_predictions")
+        query = table.upsert(row, on_conflict="prediction_id", default_to_null=False)
+        _retry("record prediction", query.execute)
+
+    def predictions(self, job_id: UUID) -> list[PredictionRecord]:
+        table = self._client.table("clip_predictions")
+        query = table.select("*").eq("job_id", str(job_id)).order("id")
+        return [
+            PredictionRecord.model_validate(row) for row in _retry("read predictions", query.execute).data
+        ]
+
     # --- job queue (clipgen/stores/queue.py), through the functions of 20261121010000_video_jobs.sql -------
     # Times are the database's (now()), so workers on machines with skewed clocks still agree on leases.
     # A retry after a lost response can repeat a call that did commit: a repeated claim takes a second job
@@ -242,7 +257,7 @@ def _rows(data: Any) -> list[dict[str, Any]]:
     return data
 
 
-def _row(record: ClipRecord | ThumbnailRecord, exclude: set[str]) -> dict[str, Any]:
+def _row(record: ClipRecord | ThumbnailRecord | PredictionRecord, exclude: set[str]) -> dict[str, Any]:
     return record.model_dump(mode="json", exclude=exclude)
 
 
