@@ -257,6 +257,10 @@ def load_job(path: Path) -> ClipPrompts:
         raw = json.loads(path.read_text())
     except OSError as exc:
         raise ValidationError.one("JOB.json", f"cannot read {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationError.one(
+            "JOB.json", f"not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ValidationError.one(
             "JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

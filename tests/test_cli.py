@@ -221,7 +221,7 @@ BAD_FLAGS = {
         ["--concurrency", "0"],
         "options.concurrency: Input should be greater than or equal to 1",
     ),
-    "unknown provider": (["--provider", "nope"], "unknown provider 'nope'; choose one of: local, replicate"),
+    "unknown provider": (["--provider", "nope"], "unknown provider 'nope'; choose one of: "),
     "replicate without a token": (["--provider", "replicate"], "REPLICATE_API_TOKEN is not set"),
     "supabase without credentials": (
         ["--store", "supabase"],

@@ -22,12 +22,20 @@ from clipgen.settings import Settings
 from supabase import Client, ClientOptions, create_client
 from tests.conftest import EXAMPLE_JOB
 from tests.doubles import ScriptedProvider
+from tests.stack.fixtures import SupabaseDb
 from tests.stack.gateway import ServerThread
 
 JOB_ID = "7d1c2a9e-4b6f-4f0e-9a51-3c2b8e1f0a66"
 TABLES = ("clips", "clip_thumbnails", "job_events")
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "supabase_env")
+
+
+@pytest.fixture(autouse=True)
+def fresh_example_job(supabase_db: SupabaseDb) -> None:
+    """Every test runs the example job from scratch: a job already stored is reused, not generated again."""
+    for table in (*TABLES, "clip_predictions"):
+        supabase_db.postgres.psql(f"delete from public.{table} where job_id = '{JOB_ID}'")
 
 
 def run_example(tmp_path: Path, *flags: str) -> dict[str, Any]:
