@@ -7,7 +7,6 @@ Saves a screenshot of the finished run in the Prefect UI to out/screenshots/pref
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +19,16 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import PrefectHTTPStatusError
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from clipgen.cli import load_job
 from clipgen.job import ClipPrompts
 from clipgen.stores.local import LocalStore
+from tests.browser import SCREENSHOTS, headless_chromium
+from tests.conftest import EXAMPLE_JOB, REPO
 from tests.prefect_stack import ON_DEMAND, PrefectStack
 
 pytest_plugins = ["tests.prefect_stack"]
 
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_JOB = REPO / "examples" / "job.json"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SCREENSHOTS = REPO / "out" / "screenshots"
 
 
 def _example_job() -> ClipPrompts:
@@ -199,31 +195,8 @@ def test_scheduled_deployments_get_their_runs(prefect_stack: PrefectStack) -> No
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium as in tests/test_job_page.py."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with headless_chromium(tmp_path / "chromium", window="1400,1000") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_prefect_ui_shows_the_finished_run(

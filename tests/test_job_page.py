@@ -3,7 +3,6 @@ runs in another process, and every card ends with its thumbnail. Saves a screens
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -11,16 +10,13 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
 from clipgen.server import create_app
 from clipgen.settings import Settings
-from tests.conftest import REPO
+from tests.browser import SCREENSHOTS, headless_chromium
 from tests.stack.gateway import ServerThread
 from tests.test_server import start_job, wait_for_job
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-SCREENSHOTS = REPO / "out" / "screenshots"
 CLIPS = 4
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -28,31 +24,8 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        if os.environ.get("CI"):
-            pytest.fail("chromium and chromium-driver must be installed in CI (.ci/run installs them)")
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    # No sandbox as root; no background traffic, which this machine's closed network would refuse.
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1100,900",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with headless_chromium(tmp_path / "chromium") as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def thumbnails_loaded(driver: webdriver.Chrome) -> int:
