@@ -30,7 +30,6 @@ from tests.prefect_stack import ON_DEMAND, PrefectStack
 pytest_plugins = ["tests.prefect_stack"]
 
 
-
 def _example_job() -> ClipPrompts:
     """examples/job.json with a fresh job id (the stack is shared), its image paths made absolute."""
     return load_job(EXAMPLE_JOB).model_copy(update={"job_id": uuid4()})
