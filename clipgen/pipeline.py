@@ -3,6 +3,9 @@
 Nothing paid for is paid for twice:
 - a prediction's id is recorded (clips row and work directory) the moment it is created, and the next
   attempt hands it back to the provider, which re-attaches to it instead of creating another;
+- before each paid create the clip's row says a create is on its way (`create_sent_at`), and the ledger
+  write clears it: when the process dies in between, the next attempt (on any machine) has the provider
+  look for the prediction that create made before paying for another;
 - a generated file is kept in the job's work directory, with a sidecar naming the plan it was made for,
   until it is stored, so a retry after a failed upload (or a rerun of the job) stores it without generating.
 """
@@ -29,7 +32,7 @@ from clipgen.errors import GenerationError, MediaError, PermanentError, Transien
 from clipgen.job import Clip, Clips
 from clipgen.media import VideoInfo, make_thumbnail, probe
 from clipgen.planning import ClipPlan, JobPlan, check_delivered
-from clipgen.providers.base import Generation, VideoProvider
+from clipgen.providers.base import Generation, LostCreate, VideoProvider
 from clipgen.stores.base import (
     THUMBNAIL_BUCKET,
     VIDEO_BUCKET,
@@ -113,7 +116,10 @@ def produce_clip(
     previous = _clip_record(store, plan)
     if (stored_clip := _already_stored(plan, store, previous, fingerprint)) is not None:
         return stored_clip
-    # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten.
+    job_ledger = store.predictions(plan.job_id)
+    lost_create = _lost_create(previous, fingerprint, job_ledger)
+    # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten. Nor is
+    # a create whose answer was never recorded, until it is found or another create is recorded.
     record = _record(
         plan,
         status="running",
@@ -121,19 +127,26 @@ def produce_clip(
         cost=previous.cost if previous else 0.0,
         prediction_id=previous.prediction_id if previous else None,
         plan_fingerprint=fingerprint,
+        create_sent_at=lost_create.sent_at if lost_create else None,
     )
     store.upsert_clip(record)
     files = ClipFiles.of(work_dir, plan.clip_index)
-    ledger = [p for p in store.predictions(plan.job_id) if p.clip_index == plan.clip_index]
+    ledger = [p for p in job_ledger if p.clip_index == plan.clip_index]
     known_ids = {record.prediction_id, _read_json(files.prediction).get("prediction_id")} - {None}
     known_ids |= {p.prediction_id for p in ledger}
     paid_here: list[str] = []
     reserved: list[float] = []
 
     def before_create() -> None:
+        nonlocal record
         if budget is not None:
             budget.reserve(plan.estimated_cost, f"clip {plan.clip_index}")
             reserved.append(plan.estimated_cost)
+        # The intent, on record before the request leaves. An earlier unanswered create keeps its (earlier)
+        # time: the prediction it may have made is still looked for until a create is recorded.
+        sent_at = record.create_sent_at or datetime.now(UTC)
+        record = record.model_copy(update={"create_sent_at": sent_at})
+        store.upsert_clip(record)
 
     def created(prediction_id: str) -> None:
         # On the bill the moment it exists, before any waiting: a prediction that later fails, hangs or
@@ -144,7 +157,11 @@ def produce_clip(
         if reserved:
             reserved.pop()  # the reservation is now money spent
         record = record.model_copy(
-            update={"prediction_id": prediction_id, "cost": record.cost + plan.estimated_cost}
+            update={
+                "prediction_id": prediction_id,
+                "cost": record.cost + plan.estimated_cost,
+                "create_sent_at": None,  # the create is answered and on the ledger
+            }
         )
         store.record_prediction(
             PredictionRecord(
@@ -165,7 +182,7 @@ def produce_clip(
     try:
         try:
             generation, fresh = _generate_or_reuse(
-                plan, provider, files, created, before_create, slot, adoptable
+                plan, provider, files, created, before_create, slot, adoptable, lost_create
             )
         finally:
             if budget is not None:
@@ -349,6 +366,7 @@ def _generate_or_reuse(
     before_create: Callable[[], None],
     slot: Callable[[], AbstractContextManager[object]],
     adoptable: str | None,
+    lost_create: LostCreate | None,
 ) -> tuple[Generation, bool]:
     fingerprint = plan_fingerprint(plan)
     if files.video.is_file() and files.sidecar.is_file():
@@ -364,7 +382,12 @@ def _generate_or_reuse(
     files.video.parent.mkdir(parents=True, exist_ok=True)
     with slot():
         generation = provider.generate(
-            plan, files.video, resume=resume, on_created=created, before_create=before_create
+            plan,
+            files.video,
+            resume=resume,
+            on_created=created,
+            before_create=before_create,
+            lost_create=lost_create,
         )
     generation.metadata["plan_fingerprint"] = fingerprint
     _write_json(files.sidecar, generation.model_dump(mode="json"))
@@ -456,6 +479,16 @@ def _already_stored(
         storage_path=previous.video_path,
         reused=True,
     )
+
+
+def _lost_create(
+    previous: ClipRecord | None, fingerprint: str, job_ledger: list[PredictionRecord]
+) -> LostCreate | None:
+    """A create an earlier attempt sent for this plan whose prediction never reached the ledger. Every id
+    the job's ledger has is excluded from the search: those belong to some clip already."""
+    if previous is None or previous.create_sent_at is None or previous.plan_fingerprint != fingerprint:
+        return None
+    return LostCreate(previous.create_sent_at, frozenset(p.prediction_id for p in job_ledger))
 
 
 def _adoptable(ledger: list[PredictionRecord], fingerprint: str) -> str | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from clipgen.errors import PermanentError, TransientError
 from clipgen.media import render_preview
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation
+from clipgen.providers.base import Generation, LostCreate
 from clipgen.stores.base import StoredObject
 from clipgen.stores.local import LocalStore
 
@@ -57,6 +57,7 @@ class ScriptedProvider:
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
         before_create: Callable[[], None] | None = None,
+        lost_create: LostCreate | None = None,
     ) -> Generation:
         with self._lock:
             self.calls[plan.clip_index] += 1

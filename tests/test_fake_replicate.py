@@ -150,6 +150,25 @@ def test_an_official_model_runs_to_an_output_of_the_right_shape(
     assert record["downloads"] == 1 and record["status"] == "succeeded" and not record["canceled"]
 
 
+def test_the_prediction_list_is_paged_newest_first_and_pages_hold_still(
+    fake: FakeReplicateServer, client: Client
+) -> None:
+    made = [veo(client, f"paging {i}").id for i in range(5)]
+    fake.state.page_size = 2
+    try:
+        page = client.predictions.list()
+        listed = [p.id for p in page]
+        veo(client, "made while paging")  # newer: lands on the first page, does not shift the later ones
+        while page.next:
+            assert page.next.startswith(f"{fake.base_url}/v1/predictions?cursor=")
+            page = client.predictions.list(cursor=page.next)
+            assert len(page.results) <= 2
+            listed += [p.id for p in page]
+    finally:
+        fake.state.page_size = 100
+    assert listed[:5] == made[::-1] and len(listed) == len(set(listed))
+
+
 def probe_output(http: httpx.Client, prediction: Prediction, tmp_path: Path) -> VideoInfo:
     assert prediction.status == "succeeded", prediction.error
     assert fetch(http, prediction, tmp_path / f"{prediction.id}.mp4").status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -15,8 +16,9 @@ from clipgen import ledger
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.model_inputs import build_request
-from clipgen.pipeline import plan_fingerprint
+from clipgen.pipeline import Attempt, plan_fingerprint, produce_clip
 from clipgen.planning import ClipPlan, plan_job
+from clipgen.providers.replicate import ReplicateProvider
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import PredictionRecord
@@ -194,3 +196,49 @@ def test_which_predictions_are_left_for_nobody() -> None:
     concurrent = row(2, "c", "other", 1)  # opened after this run started: that run may be alive
     left = ledger.left_at_end([adoptable, mine, concurrent, delivered], "me", now - timedelta(seconds=30))
     assert left == [adoptable, mine]
+
+
+class Died(BaseException):
+    """kill -9: nothing after it runs, not even the attempt's own failure handling."""
+
+
+class DiesAtTheLedgerWrite(LocalStore):
+    """The real local store, in a process that is killed between Replicate's answer to a create and the
+    ledger write. It notes what the clip's row said at that moment."""
+
+    intents: list[datetime | None]
+
+    def record_prediction(self, record: PredictionRecord) -> None:
+        rows = [c for c in self.clip_records(record.job_id) if c.clip_index == record.clip_index]
+        self.intents = [c.create_sent_at for c in rows]
+        raise Died(record.prediction_id)
+
+
+def test_a_create_that_died_before_the_ledger_write_is_adopted_on_another_machine(
+    fake: FakeReplicateServer, tmp_path: Path
+) -> None:
+    job, tag = make_job(1)
+    [plan] = plans(job)
+    settings = Settings()
+    dying = DiesAtTheLedgerWrite(settings.data_dir)
+    first = ReplicateProvider.from_settings(settings)
+    try:
+        with pytest.raises(Died):
+            produce_clip(plan, first, dying, tmp_path / "machine-a", Attempt(1, 3))
+    finally:
+        first.close()
+    assert len(predictions_for(fake, tag)) == 1 and dying.intents[0] is not None  # the intent was on record
+    assert store().predictions(job.job_id) == []  # the ledger never heard of it
+
+    second = ReplicateProvider.from_settings(settings)  # another worker: its own process and work directory
+    try:
+        clip = produce_clip(plan, second, store(), tmp_path / "machine-b", Attempt(1, 3))
+    finally:
+        second.close()
+
+    [made] = predictions_for(fake, tag)  # nothing paid twice
+    assert clip.status == "success" and clip.prediction_id == made["id"]
+    assert clip.cost == plan.estimated_cost  # the adopted prediction is on the bill, once
+    [row] = store().predictions(job.job_id)
+    assert (row.prediction_id, row.status) == (made["id"], "delivered")
+    assert [c.create_sent_at for c in store().clip_records(job.job_id)] == [None]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -25,6 +27,7 @@ from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect, probe
 from clipgen.planning import ClipPlan, plan_job
+from clipgen.providers.base import LostCreate
 from clipgen.providers.replicate import ReplicateProvider
 from tests.conftest import EXAMPLE_JOB
 
@@ -317,3 +320,118 @@ def test_a_create_whose_answer_was_lost_is_adopted_not_paid_again(
     assert len(made) == 1 and made[0]["status"] == "succeeded"
     assert generation.prediction_id == made[0]["id"] and created == [made[0]["id"]]
     assert fake.connection_resets >= 1
+
+
+# --- a create whose answer never reached the ledger (the process died in between) ---------------------
+
+
+class Died(BaseException):
+    """kill -9 between Replicate's answer and the ledger write: nothing after it runs."""
+
+
+def die(prediction_id: str) -> None:
+    raise Died(prediction_id)
+
+
+@contextmanager
+def another_process(fake: FakeReplicateServer) -> Iterator[ReplicateProvider]:
+    """A provider as another worker has it: its own client, uploads and memory of predictions."""
+    transport = httpx.HTTPTransport()
+    client = Client(api_token="test-token", base_url=fake.base_url, transport=transport)
+    provider = ReplicateProvider(client, poll_interval_s=0.02, api_transport=transport)
+    try:
+        yield provider
+    finally:
+        provider.close()
+
+
+def died_in_create(fake: FakeReplicateServer, plan: ClipPlan, tmp_path: Path) -> tuple[str, datetime]:
+    """A process creates the clip's prediction and dies before recording it: its id, and when it was sent."""
+    sent_at = datetime.now(UTC)
+    with another_process(fake) as dying, pytest.raises(Died) as died:
+        dying.generate(plan, tmp_path / "dead.mp4", on_created=die)
+    return str(died.value), sent_at
+
+
+def large_image_plan(tmp_path: Path) -> ClipPlan:
+    noise = Image.effect_noise((1920, 1080), 120).convert("RGB")  # over 256 KB as JPEG: the Files API
+    noise.save(tmp_path / "noise.png")
+    prompt = {
+        "clip_index": 0,
+        "prompt": f"noise {uuid4()}",
+        "duration": 5.0,
+        "scene_reference_url": "noise.png",
+    }
+    job = ClipPrompts.model_validate({"job_id": str(uuid4()), "clip_prompts": [prompt]})
+    return plan_job(job, GenerationOptions(model="wan-2.5-i2v"), lambda ref, field: tmp_path / ref).clips[0]
+
+
+@pytest.mark.parametrize("image", ["text only", "Files API image"])
+def test_a_create_that_died_unrecorded_is_adopted_by_the_next_attempt(
+    image: str, fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = (
+        make_plan("veo-3.1", "16:9", 4.0, image=False) if image == "text only" else large_image_plan(tmp_path)
+    )
+    orphan, sent_at = died_in_create(fake, plan, tmp_path)
+    creates, uploads = fake.creates, fake.uploads
+    recorded: list[str] = []
+
+    generation = provider.generate(
+        plan, tmp_path / "clip.mp4", on_created=recorded.append, lost_create=LostCreate(sent_at, frozenset())
+    )
+
+    assert generation.prediction_id == orphan and recorded == [orphan]  # on the ledger now: it was paid for
+    assert fake.creates == creates
+    # Another process uploads the image anew (another file id); the input still counts as the same.
+    assert fake.uploads == uploads + (image != "text only")
+    probe(tmp_path / "clip.mp4")
+
+
+def test_a_lost_create_is_not_guessed_among_look_alikes_or_taken_from_the_ledger(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    first, sent_at = died_in_create(fake, plan, tmp_path)
+    second, _ = died_in_create(fake, plan, tmp_path)  # the same input twice: which one was ours?
+
+    ambiguous = provider.generate(plan, tmp_path / "a.mp4", lost_create=LostCreate(sent_at, frozenset()))
+    # One of them is another clip's, on the job's ledger: the other is ours.
+    known = provider.generate(plan, tmp_path / "b.mp4", lost_create=LostCreate(sent_at, frozenset({first})))
+
+    assert ambiguous.prediction_id not in (first, second)  # paid again rather than take another's
+    assert known.prediction_id == second
+
+
+def test_a_lost_create_whose_prediction_failed_is_recorded_and_replaced(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    fake.add_fault(Fault(kind="fail", match=plan.prompt, error="GPU worker lost"))
+    orphan, sent_at = died_in_create(fake, plan, tmp_path)
+    while fake.prediction(orphan)["status"] != "failed":
+        time.sleep(0.02)
+    recorded: list[str] = []
+
+    generation = provider.generate(
+        plan, tmp_path / "clip.mp4", on_created=recorded.append, lost_create=LostCreate(sent_at, frozenset())
+    )
+
+    assert recorded == [orphan, generation.prediction_id] and generation.prediction_id != orphan
+
+
+def test_a_lost_create_is_found_pages_back(
+    fake: FakeReplicateServer, provider: ReplicateProvider, tmp_path: Path
+) -> None:
+    plan = make_plan("veo-3.1", "16:9", 4.0, image=False)
+    orphan, sent_at = died_in_create(fake, plan, tmp_path)
+    for _ in range(5):  # newer predictions of other clips push it to the third page
+        died_in_create(fake, make_plan("veo-3.1", "16:9", 4.0, image=False), tmp_path)
+    fake.state.page_size = 2
+    try:
+        generation = provider.generate(
+            plan, tmp_path / "clip.mp4", lost_create=LostCreate(sent_at, frozenset())
+        )
+    finally:
+        fake.state.page_size = 100
+    assert generation.prediction_id == orphan

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -206,3 +207,11 @@ def test_a_clip_row_keeps_the_plan_it_was_made_for(store: ClipStore) -> None:
     job_id = uuid4()
     store.upsert_clip(clip(job_id, 0, status="success", plan_fingerprint="f1"))
     assert [r.plan_fingerprint for r in store.clip_records(job_id)] == ["f1"]
+
+
+def test_a_clip_row_keeps_the_intent_of_an_unanswered_create_until_cleared(store: ClipStore) -> None:
+    job_id, sent_at = uuid4(), datetime(2026, 11, 21, 12, 0, 0, 250000, tzinfo=UTC)
+    store.upsert_clip(clip(job_id, 0, create_sent_at=sent_at))
+    assert [r.create_sent_at for r in store.clip_records(job_id)] == [sent_at]
+    store.upsert_clip(clip(job_id, 0, prediction_id="p1", create_sent_at=None))
+    assert [(r.prediction_id, r.create_sent_at) for r in store.clip_records(job_id)] == [("p1", None)]

@@ -135,9 +135,12 @@ def create_app(state: FakeState) -> FastAPI:
         return await create(request, None)
 
     @app.get("/v1/predictions")
-    async def list_predictions(request: Request) -> dict[str, Any]:
+    async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
+        # Replicate's cursor is opaque and `next` is the whole URL of the next page; ours names the last id.
         authorize(request)
-        return {"next": None, "previous": None, "results": state.list_predictions()}
+        results, last = state.list_predictions(after=cursor)
+        following = f"{base_url(request)}/v1/predictions?cursor={last}" if last else None
+        return {"next": following, "previous": None, "results": results}
 
     @app.get("/v1/predictions/{prediction_id}")
     async def get_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
@@ -246,12 +249,20 @@ def create_app(state: FakeState) -> FastAPI:
     @app.patch("/_fake/config")
     async def configure(request: Request) -> dict[str, Any]:
         raw = await _json_object(request)
+        if "page_size" in raw:
+            if not isinstance(raw["page_size"], int) or raw["page_size"] < 1:
+                raise ApiError(422, "page_size must be a positive integer")
+            state.page_size = raw["page_size"]
         for key in ("latency_s", "expire_after_s"):
             value = raw.get(key, getattr(state, key))
             if not (value is None and key == "expire_after_s") and not _non_negative(value):
                 raise ApiError(422, f"{key} must be a non-negative number")
             setattr(state, key, value)
-        return {"latency_s": state.latency_s, "expire_after_s": state.expire_after_s}
+        return {
+            "latency_s": state.latency_s,
+            "expire_after_s": state.expire_after_s,
+            "page_size": state.page_size,
+        }
 
     return app
 

@@ -68,6 +68,9 @@ class _Prediction:
     wake: threading.Event = field(default_factory=threading.Event)
 
 
+LIST_PAGE_SIZE = 100  # predictions per page of GET /v1/predictions, as on Replicate
+
+
 class FakeState:
     def __init__(
         self,
@@ -80,6 +83,7 @@ class FakeState:
         self.token = token
         self.latency_s = latency_s
         self.expire_after_s = expire_after_s
+        self.page_size = LIST_PAGE_SIZE
         self.faults = FaultBook()
         self._cache = cache
         self._dir = tempfile.TemporaryDirectory(prefix="fake-replicate-")
@@ -153,10 +157,18 @@ class FakeState:
             prediction = self._predictions.get(prediction_id)
             return None if prediction is None else self._api_json(prediction)
 
-    def list_predictions(self) -> list[dict[str, Any]]:
+    def list_predictions(self, after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of predictions, newest first (like the API), and the id the next page starts after.
+
+        `after` is the last id of the previous page: pages hold still while new predictions are made."""
         with self._lock:
-            found = sorted(self._predictions.values(), key=lambda p: p.created_at, reverse=True)
-            return [self._api_json(prediction) for prediction in found]
+            found = sorted(self._predictions.values(), key=lambda p: (p.created_at, p.id), reverse=True)
+            if after is not None:
+                ids = [p.id for p in found]
+                found = found[ids.index(after) + 1 :] if after in ids else []
+            page = found[: self.page_size]
+            last = page[-1].id if page and len(found) > self.page_size else None
+            return [self._api_json(prediction) for prediction in page], last
 
     def is_terminal(self, prediction_id: str) -> bool:
         with self._lock:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +19,16 @@ class Generation(BaseModel):
     prediction_id: str | None = Field(None, description="The provider's id for the paid request, if any.")
     cost: float = Field(0.0, description="USD charged for this generation.")
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LostCreate:
+    """A paid create for the clip was sent at `sent_at` and its answer never reached the ledger (the process
+    died between the two, or the answer was lost). The prediction it may have made is none of `known`, the
+    ids the job's ledger already has."""
+
+    sent_at: datetime
+    known: frozenset[str]
 
 
 class VideoProvider(Protocol):
@@ -34,6 +46,7 @@ class VideoProvider(Protocol):
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
         before_create: Callable[[], None] | None = None,
+        lost_create: LostCreate | None = None,
     ) -> Generation:
         """Produce the clip and write it to `dest` atomically (no half-written file at `dest`).
 
@@ -42,7 +55,9 @@ class VideoProvider(Protocol):
         provider re-attaches to it (waits for it, or downloads its output again) instead of paying for a
         new one, unless it failed, was canceled or its output is gone. `before_create` is called right before
         each paid request is made and may refuse it by raising (the job's budget); it is not called when the
-        provider re-attaches.
+        provider re-attaches. `lost_create`: before paying for a new request (and when `resume` gives nothing
+        to re-attach to), look for the one that create made, and adopt it (reporting it to `on_created`) when
+        it can be told apart from every other.
         """
         ...
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clipgen.media import load_image, render_preview
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation
+from clipgen.providers.base import Generation, LostCreate
 
 PREVIEW_FPS = 24
 
@@ -30,6 +30,7 @@ class LocalProvider:
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
         before_create: Callable[[], None] | None = None,
+        lost_create: LostCreate | None = None,
     ) -> Generation:
         scene = load_image(Path(plan.scene_image)) if plan.scene_image else None
         characters = [load_image(Path(path)) for path in plan.character_images]

@@ -7,6 +7,8 @@ Money rules this module keeps:
 - a failed download is retried against the same prediction's output, and a later attempt re-attaches to
   the prediction (`resume`) rather than creating another, unless it failed, was canceled or its output
   is gone;
+- a create whose answer never reached the ledger (the process died, or the answer was lost) is looked for
+  among the account's recent predictions before another is paid for (`lost_create`, `_made_anyway`);
 - a 429 on create (nothing was created) waits for the reset hint and tries again, within a bound; the
   wait is shared by the run's clips, and fewer predictions run at once until creates succeed again
   (`clipgen.throttle`).
@@ -15,6 +17,7 @@ Money rules this module keeps:
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import logging
 import os
@@ -31,6 +34,7 @@ import httpx
 from PIL import Image
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
+from replicate.pagination import Page
 from replicate.prediction import Prediction
 
 from clipgen.catalog import get_model
@@ -38,7 +42,7 @@ from clipgen.errors import ContentRejected, GenerationError, PermanentError, Tra
 from clipgen.media import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation
+from clipgen.providers.base import Generation, LostCreate
 from clipgen.settings import Settings
 from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
 
@@ -52,6 +56,10 @@ DOWNLOAD_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 3
 # How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
 CLOCK_SKEW = timedelta(seconds=30)
+# How far back (in pages of the prediction list, newest first) to look for the prediction a lost create made.
+LOST_CREATE_PAGES = 5
+# Where a Files API upload lives; another process's upload of the same image has another id.
+_FILES_PATH = re.compile(r"/v1/files/[^/]+")
 _RESET_HINT = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 _CONTENT_MARKERS = ("flagged", "sensitive", "nsfw", "safety", "content policy", "moderation", "e005")
 _INPUT_MARKERS = ("invalid input", "validation", "not supported", "unsupported")
@@ -117,10 +125,13 @@ class ReplicateProvider:
         resume: str | None = None,
         on_created: Callable[[str], None] | None = None,
         before_create: Callable[[], None] | None = None,
+        lost_create: LostCreate | None = None,
     ) -> Generation:
         # The slot counts this prediction (re-attached or created) until the clip is delivered or given up.
         with self.throttle.slot() as slot:
             prediction = self._reattach(resume) if resume else None
+            if prediction is None and lost_create is not None:
+                prediction = self._recover(plan, lost_create, on_created)
             if prediction is not None:
                 self._remember(prediction.id)
             request: ModelRequest | None = None
@@ -173,6 +184,23 @@ class ReplicateProvider:
             return prediction
         return None
 
+    def _recover(
+        self, plan: ClipPlan, lost: LostCreate, on_created: Callable[[str], None] | None
+    ) -> Prediction | None:
+        """The prediction made by a create whose answer an earlier attempt never recorded: reported to
+        `on_created` whatever its state (it was paid for), and returned when it can still deliver."""
+        request = build_request(plan, self._image_uri)
+        made = self._made_anyway(request, lost.sent_at, exclude=lost.known)
+        if made is None:
+            return None
+        self._remember(made.id)
+        if on_created:
+            on_created(made.id)
+        if made.status in ("starting", "processing", "succeeded"):
+            return made
+        log.info("the lost create's prediction %s is %s; creating another", made.id, made.status)
+        return None
+
     def _create(self, request: ModelRequest, slot: Slot) -> Prediction:
         """Create once. A 429 made nothing: it is recorded with the throttle (which holds every create of
         the run until the reset hint and lowers the limit), and the create is tried again, as long as this
@@ -213,27 +241,30 @@ class ReplicateProvider:
         with self._lock:
             self._known.add(prediction_id)
 
-    def _made_anyway(self, request: ModelRequest, sent_at: datetime) -> Prediction | None:
-        """After a create whose answer was lost (connection dropped, 5xx): the prediction it may have made.
+    def _made_anyway(
+        self, request: ModelRequest, sent_at: datetime, exclude: frozenset[str] = frozenset()
+    ) -> Prediction | None:
+        """After a create whose answer was lost (connection dropped, 5xx, or the process that sent it died
+        before recording it): the prediction it may have made.
 
-        Replicate has no idempotency key, and creating again could pay twice. So look among the newest
-        predictions for one with exactly our input, created since we sent ours, and adopt it.
+        Replicate has no idempotency key, and creating again could pay twice. So look among the predictions
+        made since we sent ours (newest first, a few pages back) for one with our input that no one has
+        on record (`exclude`, and every prediction this provider knows), and adopt it.
         """
         since = sent_at - CLOCK_SKEW
         try:
-            recent = _api(lambda: self._client.predictions.list()).results
+            recent = self._predictions_since(since)
         except GenerationError as exc:
             log.warning("could not look for a prediction the lost create may have made: %s", exc)
             return None
         with self._lock:
-            known = set(self._known)
+            known = self._known | exclude
         matches = [
             p
             for p in recent
             if p.id not in known
-            and p.input == request.input
+            and _same_input(p.input, request.input)
             and (p.version == request.version if request.version else p.model == request.model)
-            and _created_at(p) >= since
         ]
         if len(matches) != 1:
             # None: it made nothing. Several: clips with the same input; guessing could take another's.
@@ -241,6 +272,22 @@ class ReplicateProvider:
         made = matches[0]
         log.warning("the answer to a create was lost, but it made prediction %s; adopting it", made.id)
         return made
+
+    def _predictions_since(self, since: datetime) -> list[Prediction]:
+        """The account's predictions created at `since` or later, as far as LOST_CREATE_PAGES pages go."""
+        found: list[Prediction] = []
+        cursor: str | None = None
+        for _ in range(LOST_CREATE_PAGES):
+            page = _api(functools.partial(self._list_predictions, cursor))
+            found += [p for p in page.results if _created_at(p) >= since]
+            if not page.next or any(_created_at(p) < since for p in page.results):
+                break
+            cursor = page.next
+        return found
+
+    def _list_predictions(self, cursor: str | None) -> Page[Prediction]:
+        # The client sends `cursor` as the whole URL to fetch; the first page is asked for without one.
+        return self._client.predictions.list(cursor=cursor) if cursor else self._client.predictions.list()
 
     def _send(self, request: ModelRequest) -> Prediction:
         if request.version:
@@ -336,6 +383,17 @@ def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
 def _created_at(prediction: Prediction) -> datetime:
     created = datetime.fromisoformat(str(prediction.created_at).replace("Z", "+00:00"))
     return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+
+def _same_input(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> bool:
+    """Equal inputs, where two Files API links count as the same image: another process uploads it anew."""
+    if theirs is None or theirs.keys() != ours.keys():
+        return False
+    return all(
+        a == b
+        or (isinstance(a, str) and isinstance(b, str) and _FILES_PATH.search(a) and _FILES_PATH.search(b))
+        for a, b in ((theirs[key], ours[key]) for key in ours)
+    )
 
 
 def _output_url(prediction: Prediction) -> str:

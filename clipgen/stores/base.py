@@ -59,6 +59,12 @@ class ClipRecord(BaseModel):
     plan_fingerprint: str | None = Field(
         None, description="What the clip was made for (model, prompt, shape, duration, images)."
     )
+    create_sent_at: datetime | None = Field(
+        None,
+        description="When a paid create was last sent whose prediction is not on the ledger yet: written "
+        "before the create, cleared with the ledger write. If the process dies in between, the next attempt "
+        "looks for the prediction on the provider instead of paying again.",
+    )
     created_at: datetime | None = None
     updated_at: datetime | None = None
 

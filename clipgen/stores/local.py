@@ -94,13 +94,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS clip_predictions_job ON clip_predictions (job_id, id)",
         "ALTER TABLE clips ADD COLUMN plan_fingerprint TEXT",
     ),
+    # 4: the intent written before each paid create (ClipRecord.create_sent_at), _TIME_FORMAT text.
+    ("ALTER TABLE clips ADD COLUMN create_sent_at TEXT",),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CLIP_COLUMNS = (
     "job_id", "clip_index", "status", "model", "prediction_id", "attempts", "requested_duration",
     "target_duration", "actual_duration", "width", "height", "fps", "video_path", "cost", "error",
-    "plan_fingerprint",
+    "plan_fingerprint", "create_sent_at",
 )  # fmt: skip
 _PREDICTION_COLUMNS = (
     "prediction_id", "job_id", "clip_index", "provider", "model", "plan_fingerprint", "run_id", "status",
@@ -230,6 +232,8 @@ class LocalStore:
     def upsert_clip(self, record: ClipRecord) -> None:
         params = record.model_dump(include=set(_CLIP_COLUMNS))
         params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
+        if record.create_sent_at is not None:
+            params["create_sent_at"] = _iso(record.create_sent_at)
         with closing(self._connect()) as conn, conn:
             conn.execute(_UPSERT_CLIP, params)
 
