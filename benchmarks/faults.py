@@ -47,6 +47,7 @@ from uuid import uuid4
 
 import pydantic
 
+from benchmarks.common import clip_marker, environment
 from clipgen.backends import register_store
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
@@ -93,11 +94,6 @@ class FlakyVideoStore(LocalStore):
 
 # One store per flow run (the run opens its backends once), so each run sees the outage from its start.
 register_store(FLAKY_STORE, lambda settings: FlakyVideoStore(settings.data_dir))
-
-
-def clip_marker(tag: str, clip_index: int) -> str:
-    """Text only clip `clip_index` of the job tagged `tag` has in its prompt (a fault's `match`)."""
-    return f"{tag} clip {clip_index}:"
 
 
 def fault_kind_exists(kind: str) -> bool:
@@ -319,21 +315,6 @@ def start_fake() -> FakeReplicateServer:
     return FakeReplicateServer(token=TOKEN, latency_s=0.2)
 
 
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration (the flow reads its settings from the environment)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _predictions_of(fake: FakeReplicateServer, text: str) -> list[dict[str, Any]]:
     return [p for p in fake.predictions if text in str((p.get("input") or {}).get("prompt", ""))]
 
@@ -373,7 +354,7 @@ def run_scenario(
         "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
     }
     note = ""
-    with _environment(env):
+    with environment(env):
         if scenario.kill:
             note = _run_and_kill(scenario.kill, job, fake, tag, data_dir, prefect_api_url)
             if scenario.rerun_elsewhere:

@@ -169,6 +169,19 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {f"file {p}": p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+def what_was_said(
+    printed: tuple[str, str], caplog: pytest.LogCaptureFixture, all_logs: Everything
+) -> dict[str, str]:
+    """Everything the run printed (`capfd.readouterr()`: out, err) or logged, by where it went."""
+    out, err = printed
+    return {
+        "stdout": out,
+        "stderr": err,
+        "caplog": caplog.text,
+        "log records": "\n".join(all_logs.lines),
+    }
+
+
 def assert_nowhere(secrets: list[str], texts: dict[str, str], blobs: dict[str, bytes] | None = None) -> None:
     empty = [where for where, text in texts.items() if not text and where != "stderr"]  # may be quiet
     assert texts and not empty, f"nothing was read from {empty}"
@@ -228,10 +241,7 @@ def test_a_replicate_run_with_a_failing_clip_leaks_no_secret(
     assert any("HTTP Request: POST" in line for line in all_logs.lines)  # httpx's request log was captured
     store = LocalStore(data_dir)
     texts = {
-        "stdout": printed.out,
-        "stderr": printed.err,
-        "caplog": caplog.text,
-        "log records": "\n".join(all_logs.lines),
+        **what_was_said(printed, caplog, all_logs),
         "result": output.read_text(),
         "job_events": json.dumps([e.model_dump(mode="json") for e in store.events(job_id)]),
         "clip rows": json.dumps([r.model_dump(mode="json") for r in store.clip_records(job_id)]),
@@ -270,10 +280,7 @@ def test_a_wrong_token_fails_every_clip_and_leaks_neither_token(
     assert [r.status for r in records] == ["failed"] * 3
     assert all("401" in (r.error or "") for r in records)
     texts = {
-        "stdout": printed.out,
-        "stderr": printed.err,
-        "caplog": caplog.text,
-        "log records": "\n".join(all_logs.lines),
+        **what_was_said(printed, caplog, all_logs),
         "result": output.read_text(),
         "job_events": json.dumps([e.model_dump(mode="json") for e in store.events(job_id)]),
         "clip rows": json.dumps([r.model_dump(mode="json") for r in records]),
@@ -321,10 +328,7 @@ def test_supabase_storage_faults_leak_no_key(
     events = supabase_rows(supabase_env, "job_events", job_id)
     assert any("Supabase Storage 503" in json.dumps(e["data"]) for e in events)  # the retried outage
     texts = {
-        "stdout": printed.out,
-        "stderr": printed.err,
-        "caplog": caplog.text,
-        "log records": "\n".join(all_logs.lines),
+        **what_was_said(printed, caplog, all_logs),
         "result": output.read_text(),
         "job_events rows": json.dumps(events),
         "clips rows": json.dumps(supabase_rows(supabase_env, "clips", job_id)),
@@ -354,12 +358,7 @@ def test_a_wrong_supabase_key_fails_the_run_and_is_not_repeated(
 
     assert code == 1
     assert "JWSInvalidSignature" in printed.err  # the refusal, without the key
-    texts = {
-        "stdout": printed.out,
-        "stderr": printed.err,
-        "caplog": caplog.text,
-        "log records": "\n".join(all_logs.lines),
-    }
+    texts = what_was_said(printed, caplog, all_logs)
     signature = wrong_key.rsplit(".", 1)[1]
     assert_nowhere([wrong_key, signature, supabase_env.service_key], texts, prefect_database_bytes())
 
