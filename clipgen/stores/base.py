@@ -14,11 +14,21 @@ THUMBNAIL_BUCKET = "clip-thumbnails"
 BUCKETS = (VIDEO_BUCKET, THUMBNAIL_BUCKET)
 
 ClipStatus = Literal["running", "success", "failed"]
-# created: exists on the provider and we have not seen it end (in flight, or its outcome is unknown to us);
-# delivered: its output is the stored clip; rejected: its output failed our checks (too short, wrong shape);
-# unused: it succeeded but its output was never used (e.g. found after the clip was stored from another);
-# failed / canceled: it ended on the provider's side that way (or we canceled it).
-PredictionStatus = Literal["created", "delivered", "rejected", "unused", "failed", "canceled"]
+# The states of one paid request; clipgen.paid_work owns the transitions between them:
+#   intended  -> a create is about to be sent (its price is reserved against the job's budget); the row's id
+#                is a placeholder ("intent:<uuid>") until the provider's answer names the prediction;
+#   void      <- intended: the create certainly made nothing (refused, or looked for and not found);
+#   created   <- intended: it exists on the provider, starting or processing as far as we know;
+#   succeeded <- created: it finished and its output is not stored yet: any worker may adopt it (download
+#                the output again) until the output expires;
+#   delivered <- succeeded: its output is the stored clip;
+#   rejected  <- succeeded: its output failed our checks (too short, wrong shape);
+#   abandoned <- succeeded: its output will never be used (expired, or the clip was stored from another);
+#   failed / canceled <- created: it ended on the provider's side that way (or we canceled it).
+PredictionStatus = Literal[
+    "intended", "void", "created", "succeeded", "delivered", "rejected", "abandoned", "failed", "canceled"
+]
+INTENT_PREFIX = "intent:"
 
 
 def clip_object_path(job_id: UUID, clip_index: int) -> str:
@@ -59,12 +69,16 @@ class ClipRecord(BaseModel):
     plan_fingerprint: str | None = Field(
         None, description="What the clip was made for (model, prompt, shape, duration, images)."
     )
-    create_sent_at: datetime | None = Field(
-        None,
-        description="When a paid create was last sent whose prediction is not on the ledger yet: written "
-        "before the create, cleared with the ledger write. If the process dies in between, the next attempt "
-        "looks for the prediction on the provider instead of paying again.",
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="The delivered clip's metadata (provider, preview, model notes)."
     )
+    failed_for_good: bool = Field(
+        False, description="It failed with an error another attempt of the same plan would repeat."
+    )
+    lease_owner: str | None = Field(
+        None, description="The run working the clip; read only: upsert_clip never writes it (the lease calls do)."
+    )
+    lease_expires_at: datetime | None = Field(None, description="When the owner's lease ends; read only.")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -147,4 +161,30 @@ class ClipStore(Protocol):
 
     def predictions(self, job_id: UUID) -> list[PredictionRecord]:
         """The job's ledger, oldest first."""
+        ...
+
+    def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
+        """Insert `record` (an intent) unless the job's committed spend plus `record.cost` would pass
+        `budget_usd`; False when it would. Atomic across processes and machines: two runs of one job cannot
+        both take what is left. Committed spend is the cost of every ledger row of the job but void ones."""
+        ...
+
+    def resolve_intent(self, intent_id: str, record: PredictionRecord) -> None:
+        """The intent row `intent_id` becomes `record` (its real prediction id, status and cost), keeping its
+        created_at; when there is no such row, or `record.prediction_id` is on the ledger already, `record`
+        is upserted and the intent row removed. One transaction."""
+        ...
+
+    def take_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float, model: str) -> bool:
+        """Take the clip's lease for `owner` when it is free, expired or already `owner`'s (then renewed),
+        inserting the clip's row (status running, `model`) when there is none. False when another owner
+        holds a live lease. One conditional write; expiry by the store's clock."""
+        ...
+
+    def renew_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float) -> bool:
+        """Extend the lease while `owner` still holds it (expired but not taken counts); False when lost."""
+        ...
+
+    def release_clip_lease(self, job_id: UUID, clip_index: int, owner: str) -> None:
+        """Give the lease up if `owner` holds it; a no-op otherwise."""
         ...
