@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import httpx
 import pydantic
 import pytest
 from PIL import Image
+from pydantic.v1 import ValidationError as V1ValidationError
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 from replicate.prediction import Prediction
@@ -37,6 +39,7 @@ from clipgen.media import VideoInfo, probe
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def schema(model: str) -> ModelSchema:
@@ -588,9 +591,135 @@ def test_match_and_times(fake: FakeReplicateServer, client: Client) -> None:
     assert [(fault.kind, fault.times) for fault in fake.faults] == [("short", -1)]
 
 
+def test_list_error_answers_the_list_then_recovers(
+    fake: FakeReplicateServer, client: Client, http: httpx.Client
+) -> None:
+    fake.add_fault(Fault(kind="list_error", status=502, times=2))
+    for _ in range(2):
+        error = rejected(client.predictions.list)
+        assert error.status == 502 and error.detail == "Bad Gateway"
+    assert fake.faults == []
+    client.predictions.list()
+
+    fake.add_fault(Fault(kind="list_error", status=500))
+    response = http.get(f"{fake.base_url}/v1/predictions", headers=AUTH)
+    assert response.status_code == 500 and response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {"detail": "Internal Server Error", "status": 500}
+
+    # While the list fails, creates and reads do not; after `lasts_s` the list answers again.
+    fake.add_fault(Fault(kind="list_error", status=502, times=-1, lasts_s=1))
+    assert rejected(client.predictions.list).status == 502
+    created = veo(client, "made while the list fails")
+    assert client.predictions.get(created.id).id == created.id
+    assert rejected(client.predictions.list).status == 502
+    while fake.faults:
+        time.sleep(0.05)
+    done = wait(client, created)
+    assert done.status == "succeeded" and done.id in [p.id for p in client.predictions.list()]
+
+    # The client retries a GET that gets 503 (or 504) by itself: these never reach the caller.
+    fake.add_fault(Fault(kind="list_error", status=503, times=2))
+    assert done.id in [p.id for p in client.predictions.list()]
+    assert fake.faults == []
+
+
+def wait_terminal(fake: FakeReplicateServer, prediction_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The fake's record once the prediction ends (read from the fake: the client cannot read "aborted")."""
+    deadline = time.monotonic() + timeout_s
+    while not fake.state.is_terminal(prediction_id):
+        assert time.monotonic() < deadline, f"{prediction_id} still running"
+        time.sleep(0.02)
+    return fake.prediction(prediction_id)
+
+
+def test_an_aborted_prediction_is_terminal_unbilled_and_unreadable_by_the_client(http: httpx.Client) -> None:
+    # Its own server: an aborted prediction in the shared one would spoil every later list().
+    with FakeReplicateServer(token=TOKEN, latency_s=0.05) as fake:
+        fake.add_fault(Fault(kind="abort", match="queued", seconds=0.2, times=2))
+        client, transport = make_client(fake.base_url)
+        try:
+            ran = wait(client, veo(client, "runs"))
+            created = veo(client, "queued too long")
+            assert created.status == "starting"
+            assert wait_terminal(fake, created.id)["status"] == "aborted"
+            raw = http.get(f"{fake.base_url}/v1/predictions/{created.id}", headers=AUTH).json()
+            assert raw["status"] == "aborted" and raw["output"] is None and raw["error"] is None
+            assert raw["started_at"] is None and raw["completed_at"] and raw["metrics"] == {}
+            listed = http.get(f"{fake.base_url}/v1/predictions", headers=AUTH).json()["results"]
+            assert [(p["id"], p["status"]) for p in listed] == [
+                (created.id, "aborted"),
+                (ran.id, "succeeded"),
+            ]
+
+            # replicate 1.0.7 parses with pydantic.v1 and its status Literal lacks "aborted": get() fails,
+            # and so does list() for the whole page. Not pydantic (v2)'s ValidationError, but a ValueError.
+            with pytest.raises(V1ValidationError, match="given=aborted"):
+                client.predictions.get(created.id)
+            with pytest.raises(V1ValidationError, match="given=aborted") as caught:
+                client.predictions.list()
+            assert isinstance(caught.value, ValueError)
+            assert not isinstance(caught.value, pydantic.ValidationError)
+            # A create held open by `Prefer: wait` ends with it, and cannot be parsed either.
+            with pytest.raises(V1ValidationError):
+                client.models.predictions.create(
+                    model="google/veo-3.1", input={"prompt": "queued again", "duration": 4}, wait=10
+                )
+            # Canceling an aborted prediction changes nothing.
+            cancel = http.post(f"{fake.base_url}/v1/predictions/{created.id}/cancel", headers=AUTH)
+            assert cancel.json()["status"] == "aborted"
+        finally:
+            transport.close()
+        counters = fake.state.snapshot()["counters"]
+        assert counters["creates"] == 3 and counters["in_flight"] == 0 and counters["billed"] == 1
+        assert fake.billed == 1 and fake.prediction(ran.id)["billed"]
+        record = fake.prediction(created.id)
+        assert not record["billed"] and record["faults"] == ["abort"] and not record["canceled"]
+        assert [p["status"] for p in fake.predictions] == ["succeeded", "aborted", "aborted"]
+
+
+def test_cancel_after_aborts_before_the_start_and_cancels_while_running(http: httpx.Client) -> None:
+    with FakeReplicateServer(token=TOKEN, latency_s=0.05) as fake:
+        fake.add_fault(Fault(kind="abort", match="queued", seconds=60), Fault(kind="hang", match="stuck"))
+
+        def create(prompt: str, cancel_after: str) -> httpx.Response:
+            return http.post(
+                f"{fake.base_url}/v1/models/google/veo-3.1/predictions",
+                json={"input": {"prompt": prompt, "duration": 4}},
+                headers=AUTH | {"Cancel-After": cancel_after},
+            )
+
+        for bad in ("4s", "4.9", "soon", "", "5ms", "-5s"):
+            response = create("refused", bad)
+            assert response.status_code == 400 and "Cancel-After" in response.json()["detail"], bad
+        assert fake.creates == 0 and fake.rejected_creates == {400: 6}
+        started = time.monotonic()
+        queued, stuck, quick = (
+            create(prompt, after).json()
+            for prompt, after in [("queued", "5s"), ("stuck", "0m5"), ("quick", "2m")]
+        )
+        assert queued["status"] == stuck["status"] == "starting"
+        for made, seconds in [(queued, 5), (stuck, 5), (quick, 120)]:
+            lifetime = datetime.fromisoformat(made["deadline"]) - datetime.fromisoformat(made["created_at"])
+            assert abs(lifetime.total_seconds() - seconds) < 0.01
+
+        aborted, canceled = wait_terminal(fake, queued["id"]), wait_terminal(fake, stuck["id"])
+        assert time.monotonic() - started >= 4.9
+        assert aborted["status"] == "aborted" and aborted["started_at"] is None and not aborted["billed"]
+        assert canceled["status"] == "canceled" and canceled["started_at"] and canceled["billed"]
+        assert (
+            "predict_time" in canceled["metrics"] and not canceled["canceled"]
+        )  # the deadline, not a request
+        assert wait_terminal(fake, quick["id"])["status"] == "succeeded"
+        assert fake.billed == 2 and fake.in_flight == 0 and fake.cancels == 0
+
+
 def test_fault_settings_are_checked() -> None:
     with pytest.raises(pydantic.ValidationError):
         Fault(kind="server_error", status=404)
+    with pytest.raises(pydantic.ValidationError):
+        Fault(kind="list_error", status=429)
+    with pytest.raises(pydantic.ValidationError, match="match must be None"):
+        Fault(kind="list_error", match="anything")
     with pytest.raises(pydantic.ValidationError):
         Fault(kind="fail", times=0)
     with pytest.raises(pydantic.ValidationError):

@@ -107,12 +107,13 @@ def create_app(state: FakeState) -> FastAPI:
                 problems += schema.validate(values)
             if problems:
                 raise invalid(problems)
+            cancel_after = _cancel_after(request.headers.get("cancel-after"))
         except ApiError as exc:
             state.reject(exc.status)
             state.log_create(arrived, exc.status)
             raise
         assert isinstance(values, dict)
-        prediction = state.create(schema, values, base_url(request))
+        prediction = state.create(schema, values, base_url(request), cancel_after_s=cancel_after)
         if fault is not None:  # reset_after_create: made (and billed), but the answer never arrives
             state.record_reset()
             state.log_create(arrived, 0)
@@ -138,6 +139,9 @@ def create_app(state: FakeState) -> FastAPI:
     async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
         # Replicate's cursor is opaque and `next` is the whole URL of the next page; ours names the last id.
         authorize(request)
+        fault = state.faults.take_list_fault()
+        if fault is not None:
+            raise _fault_error(fault)
         results, last = state.list_predictions(after=cursor)
         following = f"{base_url(request)}/v1/predictions?cursor={last}" if last else None
         return {"next": following, "previous": None, "results": results}
@@ -327,6 +331,25 @@ def _prefer_wait(header: str) -> float:
     if not match:
         return 0.0
     return float(min(60, max(1, int(match[1] or 60))))
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
+MIN_CANCEL_AFTER_S = 5.0
+
+
+def _cancel_after(header: str | None) -> float | None:
+    """Seconds from a `Cancel-After` header: "30s", "5m", "1h30m45s", or a bare number of seconds; at
+    least 5 s, as the API documents. What Replicate answers to a bad value is not documented: 400 here."""
+    if header is None:
+        return None
+    match = _DURATION.fullmatch(header.strip())
+    if not match or not any(match.groups()):
+        raise ApiError(400, f"Invalid Cancel-After duration: {header!r}", "Bad request")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    total = hours * 3600 + minutes * 60 + seconds
+    if total < MIN_CANCEL_AFTER_S:
+        raise ApiError(400, f"Cancel-After must be at least 5s, not {header!r}", "Bad request")
+    return total
 
 
 def _metadata(raw: object) -> dict[str, Any]:

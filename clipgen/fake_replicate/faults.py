@@ -21,13 +21,19 @@ FaultKind = Literal[
     "corrupt",
     "expired",
     "download_error",
+    "list_error",
+    "abort",
 ]
 # These answer the create request itself, so nothing is created; DOWNLOAD_FAULTS answer an output
-# download; the others shape the prediction. `times` counts creates, downloads, or predictions accordingly.
+# download; LIST_FAULTS answer GET /v1/predictions; the others shape the prediction. `times` counts
+# creates, downloads, list requests, or predictions accordingly.
 CREATE_FAULTS: frozenset[str] = frozenset(
     {"rate_limit", "server_error", "connection_reset", "reset_after_create"}
 )
 DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error"})
+LIST_FAULTS: frozenset[str] = frozenset({"list_error"})
+_ANSWERING = CREATE_FAULTS | DOWNLOAD_FAULTS | LIST_FAULTS
+_SERVER_ERRORS = (500, 502, 503, 504)
 
 
 class Fault(BaseModel):
@@ -41,8 +47,17 @@ class Fault(BaseModel):
     - short: the output is half as long.          - corrupt: the output is not a decodable video.
     - expired: the output URL answers 404.        - latency: processing takes `seconds`.
     - download_error: a download of the output answers 500 (the next one is fine unless `times` > 1).
+    - list_error: `GET /v1/predictions` (the list, any page) answers `status` (500/502/503/504) with a
+      problem+json body. It concerns no prediction, so `match` must be None. The replicate client retries
+      a GET that gets 503 or 504 by itself (up to 10 attempts, backing off from 0.1 s), so only 500 and 502
+      reach the caller at once.
+    - abort: created, stays starting for `seconds`, then ends `aborted` without ever running, as on
+      Replicate when a prediction's `Cancel-After` deadline passes before it starts: no output, no error,
+      no `started_at`, empty metrics, not billed. replicate 1.0.7 cannot parse that status: `get()` of
+      it, and `list()` of any page holding it, raise `pydantic.v1.ValidationError`.
     `match` limits the fault to predictions whose input `prompt` contains it; `times` is how often it
-    fires (-1: always): creates answered, predictions affected, or (download_error) downloads answered.
+    fires (-1: always): creates answered, predictions affected, or (download_error, list_error) downloads
+    or list requests answered.
     `lasts_s` ends the fault that many seconds after it is added, whatever is left of `times` (a 429 storm:
     `Fault(kind="rate_limit", times=-1, lasts_s=3)` answers every create for 3 s).
     """
@@ -61,8 +76,10 @@ class Fault(BaseModel):
     def _sane(self) -> Fault:
         if self.times == 0:
             raise ValueError("times must be positive, or -1 for always")
-        if self.kind == "server_error" and self.status not in (500, 502, 503, 504):
-            raise ValueError("a server_error status must be 500, 502, 503 or 504")
+        if self.kind in ("server_error", "list_error") and self.status not in _SERVER_ERRORS:
+            raise ValueError(f"a {self.kind} status must be 500, 502, 503 or 504")
+        if self.kind in LIST_FAULTS and self.match is not None:
+            raise ValueError(f"{self.kind} answers the list, not a prediction: match must be None")
         return self
 
     def matches(self, prompt: str) -> bool:
@@ -115,6 +132,10 @@ class FaultBook:
         """The first matching fault that answers a download of an output, used up by one."""
         return self._take_first(DOWNLOAD_FAULTS, prompt)
 
+    def take_list_fault(self) -> Fault | None:
+        """The first fault that answers a list request (GET /v1/predictions), used up by one."""
+        return self._take_first(LIST_FAULTS, "")
+
     def _take_first(self, kinds: frozenset[str], prompt: str) -> Fault | None:
         with self._lock:
             self._expire()
@@ -132,8 +153,7 @@ class FaultBook:
             self._expire()
             for entry in list(self._entries):
                 fault = entry.fault
-                shapes = fault.kind not in CREATE_FAULTS and fault.kind not in DOWNLOAD_FAULTS
-                if shapes and fault.kind not in taken and fault.matches(prompt):
+                if fault.kind not in _ANSWERING and fault.kind not in taken and fault.matches(prompt):
                     taken[fault.kind] = fault
                     self._use(entry)
         return taken

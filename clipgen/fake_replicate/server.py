@@ -114,7 +114,7 @@ class FakeReplicateServer:
 
     @property
     def predictions(self) -> list[dict[str, Any]]:
-        """Every prediction in creation order, as the API shows it plus canceled, cancel_requests,
+        """Every prediction in creation order, as the API shows it plus billed, canceled, cancel_requests,
         downloads and faults (the kinds that applied)."""
         return list(self.state.snapshot()["predictions"])
 
@@ -128,6 +128,12 @@ class FakeReplicateServer:
     def creates(self) -> int:
         """Predictions actually created (rejected creates are not counted)."""
         return self.state.creates
+
+    @property
+    def billed(self) -> int:
+        """Predictions that started running, which Replicate charges for (even if they then failed or were
+        canceled); aborted ones, and ones canceled before they started, are not."""
+        return int(self.state.snapshot()["counters"]["billed"])
 
     @property
     def rejected_creates(self) -> dict[int, int]:

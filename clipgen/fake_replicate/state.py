@@ -31,7 +31,7 @@ from clipgen.fake_replicate.outputs import (
 from clipgen.fake_replicate.schemas import ModelSchema, rule_violation
 
 log = logging.getLogger(__name__)
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 Size = tuple[int, int]
 STARTING_SHARE = 0.2  # of the latency spent "starting" (capped at 1 s) before "processing"
 HISTORY = 10_000  # create requests and in-flight changes remembered, for measuring clients
@@ -55,7 +55,9 @@ class _Prediction:
     base_url: str
     faults: dict[str, Fault]
     latency_s: float
+    cancel_after_s: float | None = None  # the `Cancel-After` header: ends it that long after creation
     created_at: float = field(default_factory=time.time)
+    created_clock: float = field(default_factory=time.monotonic)
     status: str = "starting"
     started_at: float | None = None
     completed_at: float | None = None
@@ -107,11 +109,19 @@ class FakeState:
 
     # --- creating ---------------------------------------------------------------------------------------
 
-    def create(self, schema: ModelSchema, values: dict[str, Any], base_url: str) -> dict[str, Any]:
-        """A new prediction (input already validated); its worker starts at once."""
+    def create(
+        self,
+        schema: ModelSchema,
+        values: dict[str, Any],
+        base_url: str,
+        *,
+        cancel_after_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A new prediction (input already validated); its worker starts at once. With `cancel_after_s`
+        it ends that long after creation if still running: aborted if it has not started, else canceled."""
         faults = self.faults.take_prediction_faults(str(values.get("prompt", "")))
         latency = faults["latency"].seconds if "latency" in faults else self.latency_s
-        prediction = _Prediction(new_id(), schema, values, base_url, faults, latency)
+        prediction = _Prediction(new_id(), schema, values, base_url, faults, latency, cancel_after_s)
         name = f"fake-replicate-{prediction.id}"
         worker = threading.Thread(target=self._run, args=(prediction,), name=name)
         with self._lock:
@@ -217,9 +227,13 @@ class FakeState:
                 self._threads.discard(threading.current_thread())
 
     def _work(self, prediction: _Prediction) -> None:
+        if "abort" in prediction.faults:  # never picked up: ends aborted, as when Cancel-After passes first
+            if not self._pause(prediction, prediction.faults["abort"].seconds):
+                self._finish(prediction, "aborted")
+            return
         starting = min(prediction.latency_s * STARTING_SHARE, 1.0)
-        if prediction.wake.wait(starting):
-            return  # canceled, reset or shut down
+        if self._pause(prediction, starting):
+            return  # canceled, reset, shut down or past its deadline
         with self._lock:
             if prediction.status != "starting":
                 return
@@ -227,7 +241,7 @@ class FakeState:
             prediction.logs = f"Running {prediction.schema.model} (fake)\n"
         ready_at = time.monotonic() + prediction.latency_s - starting
         if "hang" in prediction.faults:
-            prediction.wake.wait()
+            self._pause(prediction, None)
             return
         try:
             scene, scene_key, size = self._read_images(prediction)
@@ -240,7 +254,7 @@ class FakeState:
             self._finish(prediction, "failed", error=str(exc))
             return
         if "fail" in prediction.faults:
-            if not prediction.wake.wait(max(0.0, ready_at - time.monotonic())):
+            if not self._pause(prediction, ready_at - time.monotonic()):
                 self._finish(prediction, "failed", error=prediction.faults["fail"].error)
             return
         if "short" in prediction.faults:
@@ -250,9 +264,25 @@ class FakeState:
             write_corrupt(dest)
         else:
             shutil.copyfile((self._cache or shared_cache()).render(plan, scene, scene_key), dest)
-        if not prediction.wake.wait(max(0.0, ready_at - time.monotonic())):
+        if not self._pause(prediction, ready_at - time.monotonic()):
             frames = f"{plan.width}x{plan.height}, {plan.frames} frames at {plan.fps} fps"
             self._finish(prediction, "succeeded", output_path=dest, logs=f"Wrote {frames}\n")
+
+    def _pause(self, prediction: _Prediction, seconds: float | None) -> bool:
+        """Wait `seconds` (None: until woken); True if the prediction ended meanwhile: canceled, reset,
+        shut down, or ended here because its Cancel-After deadline passed (aborted if it had not started,
+        canceled if it had, as on Replicate)."""
+        seconds = None if seconds is None else max(0.0, seconds)
+        if prediction.cancel_after_s is not None:
+            left = max(0.0, prediction.created_clock + prediction.cancel_after_s - time.monotonic())
+            if seconds is None or left < seconds:
+                if not prediction.wake.wait(left):
+                    with self._lock:
+                        if prediction.status not in TERMINAL:
+                            ended = "aborted" if prediction.status == "starting" else "canceled"
+                            self._finish_locked(prediction, ended)
+                return True
+        return prediction.wake.wait(seconds)
 
     def _read_images(self, prediction: _Prediction) -> tuple[Image.Image | None, str | None, Size | None]:
         """Every image input, fetched and decoded as the model would; returns the scene image (the one
@@ -301,7 +331,7 @@ class FakeState:
             # keeps the URL, as seen by a client that read it just before the file went.
             output = f"{p.base_url}/_fake/outputs/{p.id}.mp4"
         metrics: dict[str, float] = {}
-        if p.completed_at is not None:
+        if p.completed_at is not None and p.status != "aborted":  # Replicate shows an aborted one none
             metrics["total_time"] = round(p.completed_at - p.created_at, 6)
             if p.started_at is not None:
                 metrics["predict_time"] = round(p.completed_at - p.started_at, 6)
@@ -322,7 +352,7 @@ class FakeState:
             "completed_at": iso(p.completed_at),
             "urls": {"get": base, "cancel": f"{base}/cancel", "web": web},
             "metrics": metrics,
-        }
+        } | ({"deadline": iso(p.created_at + p.cancel_after_s)} if p.cancel_after_s is not None else {})
 
     def record(self, prediction_id: str) -> dict[str, Any] | None:
         """What a test wants to know about one prediction: the API view plus the fake's bookkeeping."""
@@ -332,6 +362,7 @@ class FakeState:
 
     def _record_locked(self, p: _Prediction) -> dict[str, Any]:
         return self._api_json(p) | {
+            "billed": _billed(p),
             "canceled": p.canceled,
             "cancel_requests": p.cancel_requests,
             "downloads": p.downloads,
@@ -343,6 +374,7 @@ class FakeState:
             records = [self._record_locked(p) for p in self._predictions.values()]
             counters = {
                 "creates": self.creates,
+                "billed": sum(_billed(p) for p in self._predictions.values()),
                 "rejected_creates": {str(status): count for status, count in sorted(self.rejected.items())},
                 "connection_resets": self.connection_resets,
                 "cancels": self.cancels,
@@ -383,3 +415,10 @@ class FakeState:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._dir.cleanup()
+
+
+def _billed(p: _Prediction) -> bool:
+    """Whether the prediction is charged: once it started running, even if it then failed or was canceled
+    (Replicate charges a `Cancel-After` cancel while running, not an abort before the start). The fake
+    also counts one canceled while starting as free."""
+    return p.started_at is not None
