@@ -14,11 +14,11 @@ import importlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from clipgen.budget import Budget
+from clipgen.paid_work import JobWork
 from clipgen.providers.base import VideoProvider
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
@@ -62,7 +62,8 @@ class Backends:
     provider: VideoProvider
     store: ClipStore
     settings: Settings
-    budget: Budget = field(default_factory=lambda: Budget(None))
+    work: JobWork
+    job_id: UUID | None = None
 
     def close(self) -> None:
         close_quietly(self.provider)
@@ -107,17 +108,25 @@ def run_backends(
     *,
     job_id: UUID | None = None,
     budget_usd: float | None = None,
+    retry_failed: bool = False,
 ) -> Iterator[Backends]:
     """Open the run's provider and store, make them findable by `backends_of_run`, close them after.
 
-    With a budget, it starts from what job `job_id` has spent so far (every run's paid requests, from the
-    store's ledger), so reruns cannot spend it twice.
+    The run's paid work (`JobWork`) is owned by the run: its leases carry the run's id, and its budget is
+    the job's, kept by the store's ledger across runs and workers.
     """
     opened_store = open_store(store, settings)
     try:
-        ledger = opened_store.predictions(job_id) if budget_usd is not None and job_id is not None else []
-        budget = Budget(budget_usd, spent_usd=sum(p.cost for p in ledger))
-        backends = Backends(open_provider(provider, settings), opened_store, settings, budget)
+        opened_provider = open_provider(provider, settings)
+        work = JobWork(
+            opened_store,
+            opened_provider,
+            owner=str(run_id),
+            budget_usd=budget_usd,
+            lease_seconds=settings.clip_lease_seconds,
+            retry_failed=retry_failed,
+        )
+        backends = Backends(opened_provider, opened_store, settings, work, job_id)
     except BaseException:
         close_quietly(opened_store)
         raise
@@ -137,6 +146,16 @@ def backends_of_run(run_id: UUID) -> Backends:
             return _by_run[run_id]
         except KeyError:
             raise LookupError(f"no backends are open for flow run {run_id}") from None
+
+
+def stop_runs_of_job(job_id: UUID) -> int:
+    """Tell every run of `job_id` in this process to stop working on it (its queue run lost the job's
+    lease): clips not yet paid for are not started, and predictions are left to the run that took over."""
+    with _lock:
+        runs = [backends for backends in _by_run.values() if backends.job_id == job_id]
+    for backends in runs:
+        backends.work.stop.set()
+    return len(runs)
 
 
 def close_quietly(resource: object) -> None:

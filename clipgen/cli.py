@@ -119,6 +119,12 @@ def _job_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
     command.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
     command.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
+    command.add_argument(
+        "--retry-failed",
+        action="store_true",
+        default=None,
+        help="pay again for clips that failed for good in an earlier run of the same plan",
+    )
 
 
 def _checked_job(
@@ -367,6 +373,7 @@ def _options(settings: Settings, args: argparse.Namespace) -> GenerationOptions:
         "aspect_ratio": args.aspect_ratio,
         "concurrency": args.concurrency,
         "min_success": args.min_success,
+        "retry_failed": args.retry_failed,
     }
     try:
         base = settings.default_options().model_dump()
@@ -408,10 +415,15 @@ def _print_summary(result: Clips, completed: bool, message: str, output: Path | 
         if clip.status == "success":
             seconds = f"{clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s)"
             shape = f"{clip.width}x{clip.height}"
-            print(f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}")
+            note = "  reused: stored by an earlier run" if clip.reused else ""
+            print(f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}{note}")
         else:
             print(f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}")
-    print(f"  total ${result.total_cost:.2f} in {result.total_generation_time:.1f} s")
+    reused = sum(clip.reused for clip in result.clips)
+    print(
+        f"  clips ${result.total_cost:.2f} · this run paid ${result.spent_this_run:.2f} · all runs "
+        f"${result.spent_all_runs:.2f} · {reused} reused · {result.total_generation_time:.1f} s"
+    )
     if output:
         print(f"  result written to {output}")
 

@@ -6,11 +6,15 @@ VideoGeneratorError
 └── GenerationError            one clip attempt failed
     ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
     │   │                      a clip shorter than the acceptance rule
-    │   └── ClipTooShort
+    │   ├── ClipTooShort
+    │   ├── LostCreateUnresolved  a create's answer was lost and we cannot tell yet what it made
+    │   └── ClipTakenOver      another run holds the clip's lease now
     └── PermanentError         another attempt would fail the same way: invalid input,
         │                      content rejected, unsupported setting
         ├── ContentRejected
-        └── ClipShapeMismatch
+        ├── ClipShapeMismatch
+        ├── BudgetExceeded     not final for the plan: a larger budget lets a rerun go on
+        └── RunStopped         not final for the plan: this run was told to stop (its job lease was lost)
 """
 
 from __future__ import annotations
@@ -71,6 +75,35 @@ def is_retryable(error: BaseException | None) -> bool:
 
 class PermanentError(GenerationError):
     """Another attempt would fail the same way; retrying only spends money."""
+
+    # Whether a rerun of the same plan would fail the same way, so the clip is not paid for again (unless
+    # the user asks for it); False for refusals that are about this run, not the clip.
+    final_for_plan: bool = True
+
+
+def is_final_for_plan(error: BaseException | None) -> bool:
+    return isinstance(error, PermanentError) and error.final_for_plan
+
+
+class LostCreateUnresolved(TransientError):
+    """A create's answer was lost and the provider's list cannot be read now: nothing new is paid for until
+    it can tell whether that create made a prediction."""
+
+
+class ClipTakenOver(TransientError):
+    """The clip's lease passed to another run (this one stalled past it); the next attempt waits for it."""
+
+
+class BudgetExceeded(PermanentError):
+    """Creating this request would take the job past its budget."""
+
+    final_for_plan = False
+
+
+class RunStopped(PermanentError):
+    """This run was told to stop working on the job (a queue run that lost the job's lease)."""
+
+    final_for_plan = False
 
 
 class ClipTooShort(TransientError):

@@ -186,7 +186,17 @@ class GenerationOptions(BaseModel):
     duration_buffer: float = Field(
         1.25, ge=1.0, le=2.0, description="Multiplier on the target for continuous-duration models."
     )
-    budget_usd: float | None = Field(None, gt=0, description="Refuse jobs whose estimate exceeds this.")
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Refuse jobs whose estimate exceeds this, and create no paid request once every run's "
+        "spend on the job plus the request would pass it.",
+    )
+    retry_failed: bool = Field(
+        False,
+        description="Pay again for clips that failed for good in an earlier run of the same plan (content "
+        "rejected, wrong shape); without it they are reported failed again at no cost.",
+    )
 
 
 ClipOutcome = Literal["success", "failed"]
@@ -207,7 +217,10 @@ class Clip(BaseModel):
     generation_time: float = Field(0.0, description="Seconds spent on this clip, all attempts.")
     metadata: dict[str, Any] = Field(default_factory=dict)
     model: str | None = None
-    prediction_id: str | None = None
+    prediction_id: str | None = Field(None, description="The prediction that made the clip (or the last).")
+    prediction_ids: list[str] = Field(
+        default_factory=list, description="Every paid prediction of the clip's current plan, in any run."
+    )
     width: int | None = None
     height: int | None = None
     fps: float | None = None
@@ -235,8 +248,10 @@ class Clips(BaseModel):
     total_clips: int
     successful_clips: int
     failed_clips: int
-    total_cost: float
+    total_cost: float = Field(description="What the clips' current plans cost, over every run.")
     total_generation_time: float
+    spent_this_run: float = Field(0.0, description="What this run paid for, whatever became of it.")
+    spent_all_runs: float = Field(0.0, description="What every run of the job paid for, all plans.")
 
     @classmethod
     def collect(cls, job_id: UUID, clips: list[Clip], total_generation_time: float) -> Clips:

@@ -1,20 +1,14 @@
 """The steps the flow orchestrates, as plain functions: one clip attempt, one thumbnail, the job's log.
 
-Nothing paid for is paid for twice:
-- a prediction's id is recorded (clips row and work directory) the moment it is created, and the next
-  attempt hands it back to the provider, which re-attaches to it instead of creating another;
-- before each paid create the clip's row says a create is on its way (`create_sent_at`), and the ledger
-  write clears it: when the process dies in between, the next attempt (on any machine) has the provider
-  look for the prediction that create made before paying for another;
-- a generated file is kept in the job's work directory, with a sidecar naming the plan it was made for,
-  until it is stored, so a retry after a failed upload (or a rerun of the job) stores it without generating.
+Money is clipgen.paid_work's: every paid request, adoption, settlement and cancel goes through the clip's
+`ClipWork`, under the clip's lease. What this module adds is the clip itself: a generated file is kept in
+the job's work directory, with a sidecar naming the plan it was made for, until it is stored, so a retry
+after a failed upload stores it without generating again (and on another machine, the ledger's succeeded
+prediction is downloaded again).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -24,22 +18,27 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from clipgen import events
-from clipgen.budget import Budget
-from clipgen.errors import GenerationError, MediaError, PermanentError, TransientError, is_retryable
+from clipgen.errors import (
+    GenerationError,
+    MediaError,
+    PermanentError,
+    TransientError,
+    is_final_for_plan,
+    is_retryable,
+)
 from clipgen.job import Clip, Clips
 from clipgen.media import VideoInfo, make_thumbnail, probe
+from clipgen.paid_work import ClipWork
 from clipgen.planning import ClipPlan, JobPlan, check_delivered
-from clipgen.providers.base import Generation, LostCreate, VideoProvider
+from clipgen.providers.base import Generation, VideoProvider
 from clipgen.stores.base import (
     THUMBNAIL_BUCKET,
     VIDEO_BUCKET,
     ClipRecord,
     ClipStore,
-    PredictionRecord,
-    PredictionStatus,
+    StoredObject,
     ThumbnailRecord,
     clip_object_path,
     thumbnail_object_path,
@@ -47,6 +46,11 @@ from clipgen.stores.base import (
 
 log = logging.getLogger(__name__)
 ERRORS_IN_SUMMARY = 3
+Slot = Callable[[], AbstractContextManager[object]]
+
+
+class FailedBefore(PermanentError):
+    """The clip failed for good in an earlier attempt of the same plan; it is not paid for again."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +71,6 @@ class ClipFiles:
 
     video: Path
     sidecar: Path
-    prediction: Path
     thumbnail: Path
 
     @classmethod
@@ -75,15 +78,13 @@ class ClipFiles:
         return cls(
             video=work_dir / f"clip_{clip_index}.mp4",
             sidecar=work_dir / f"clip_{clip_index}.generation.json",
-            prediction=work_dir / f"clip_{clip_index}.prediction.json",
             thumbnail=work_dir / f"clip_{clip_index}_thumbnail.jpg",
         )
 
     def discard(self) -> None:
-        """Forget the generated file and the prediction it came from: the next attempt generates anew."""
+        """Forget the generated file: the next attempt generates (or downloads) anew."""
         self.sidecar.unlink(missing_ok=True)
         self.video.unlink(missing_ok=True)
-        self.prediction.unlink(missing_ok=True)
 
 
 def job_work_dir(work_root: Path, plan: JobPlan | ClipPlan) -> Path:
@@ -93,140 +94,133 @@ def job_work_dir(work_root: Path, plan: JobPlan | ClipPlan) -> Path:
 def produce_clip(
     plan: ClipPlan,
     provider: VideoProvider,
-    store: ClipStore,
+    work: ClipWork,
     work_dir: Path,
     attempt: Attempt,
     started_at: datetime | None = None,
-    slot: Callable[[], AbstractContextManager[object]] = nullcontext,
-    run_id: str | None = None,
-    budget: Budget | None = None,
+    slot: Slot = nullcontext,
 ) -> Clip:
-    """Generate (or reuse), check, store and record one clip. Raises typed errors; records every attempt.
+    """Generate (or reuse), check, store and record one clip, under the clip's lease. Raises typed errors.
 
-    A clip already stored for the same plan is returned as it is: nothing is generated or paid again. Every
-    paid request goes into the store's prediction ledger the moment it exists (with `run_id`, the flow run);
-    an attempt adopts the clip's newest unfinished one instead of paying for another, from the work
-    directory or, after a crash or on another machine, from the ledger. `slot` is held while the provider
-    works (from before its request is created until it returns), so a cap on in-flight predictions shared
-    by every run and worker can be put around it. `budget` refuses a paid request that would take the job
-    past its budget.
+    A clip stored for the same plan is returned as it is, and one that failed for good is not tried again:
+    nothing is paid. `slot` is held while the provider works, so a cap on in-flight predictions shared by
+    every run and worker can be put around it.
     """
     began = time.monotonic()
-    fingerprint = plan_fingerprint(plan)
-    previous = _clip_record(store, plan)
-    if (stored_clip := _already_stored(plan, store, previous, fingerprint)) is not None:
-        return stored_clip
-    job_ledger = store.predictions(plan.job_id)
-    lost_create = _lost_create(previous, fingerprint, job_ledger)
-    # What the clip has cost so far, over every attempt and rerun: a paid request is never forgotten. Nor is
-    # a create whose answer was never recorded, until it is found or another create is recorded.
-    record = _record(
-        plan,
-        status="running",
-        attempts=attempt.number,
-        cost=previous.cost if previous else 0.0,
-        prediction_id=previous.prediction_id if previous else None,
-        plan_fingerprint=fingerprint,
-        create_sent_at=lost_create.sent_at if lost_create else None,
-    )
-    store.upsert_clip(record)
-    files = ClipFiles.of(work_dir, plan.clip_index)
-    ledger = [p for p in job_ledger if p.clip_index == plan.clip_index]
-    known_ids = {record.prediction_id, _read_json(files.prediction).get("prediction_id")} - {None}
-    known_ids |= {p.prediction_id for p in ledger}
-    paid_here: list[str] = []
-    reserved: list[float] = []
-
-    def before_create() -> None:
-        nonlocal record
-        if budget is not None:
-            budget.reserve(plan.estimated_cost, f"clip {plan.clip_index}")
-            reserved.append(plan.estimated_cost)
-        # The intent, on record before the request leaves. An earlier unanswered create keeps its (earlier)
-        # time: the prediction it may have made is still looked for until a create is recorded.
-        sent_at = record.create_sent_at or datetime.now(UTC)
-        record = record.model_copy(update={"create_sent_at": sent_at})
-        store.upsert_clip(record)
-
-    def created(prediction_id: str) -> None:
-        # On the bill the moment it exists, before any waiting: a prediction that later fails, hangs or
-        # is lost to a crash is still accounted for, and can be adopted or canceled by whoever comes next.
-        nonlocal record
-        _write_json(files.prediction, {"prediction_id": prediction_id, "plan": fingerprint})
-        paid_here.append(prediction_id)
-        if reserved:
-            reserved.pop()  # the reservation is now money spent
-        record = record.model_copy(
-            update={
-                "prediction_id": prediction_id,
-                "cost": record.cost + plan.estimated_cost,
-                "create_sent_at": None,  # the create is answered and on the ledger
-            }
-        )
-        store.record_prediction(
-            PredictionRecord(
-                prediction_id=prediction_id,
-                job_id=plan.job_id,
-                clip_index=plan.clip_index,
-                provider=provider.name,
-                model=plan.model,
-                plan_fingerprint=fingerprint,
-                run_id=run_id,
-                cost=plan.estimated_cost,
-            )
-        )
-        store.upsert_clip(record)
-
-    adoptable = _adoptable(ledger, fingerprint)
-    generation: Generation | None = None
-    try:
+    store = work.job.store
+    with work.hold():
+        record = work.record()
+        if record and work.stored(record) and (reused := _reused_clip(plan, store, work, record)):
+            return reused
+        if work.failed_for_good(record):
+            assert record is not None
+            raise FailedBefore(f"{record.error} (an earlier attempt; rerun with --retry-failed to pay again)")
+        _begin(store, plan, work, record, attempt)
+        files = ClipFiles.of(work_dir, plan.clip_index)
         try:
-            generation, fresh = _generate_or_reuse(
-                plan, provider, files, created, before_create, slot, adoptable, lost_create
+            generation = _generate_or_reuse(plan, provider, files, work, slot)
+            info = _checked(plan, files, work, generation)
+            stored = _store_video(store, plan, files)
+            elapsed = (
+                (datetime.now(UTC) - started_at).total_seconds() if started_at else time.monotonic() - began
             )
-        finally:
-            if budget is not None:
-                for amount in reserved:  # reserved, but the request was never created
-                    budget.release(amount)
-        if fresh and not paid_here and generation.prediction_id not in known_ids:
-            # A provider that does not report creations: its generation is paid for now.
-            record = record.model_copy(update={"cost": record.cost + generation.cost})
-        record = record.model_copy(update={"prediction_id": generation.prediction_id or record.prediction_id})
-        store.upsert_clip(record)
-        try:
-            info = _checked(plan, files)
-        except GenerationError as exc:
-            _settle_prediction(store, plan.job_id, generation.prediction_id, "rejected", str(exc))
+            return _deliver(store, plan, work, attempt, generation, info, stored, elapsed)
+        except Exception as exc:
+            _record_failure(store, plan, work, attempt, exc)
             raise
-        try:
-            stored = store.put_object(
-                VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4"
-            )
-        except OSError as exc:
-            # Free to retry: the paid file stays in the work directory and is reused.
-            raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
-        store.upsert_clip(
-            record.model_copy(
-                update={
-                    "status": "success",
-                    "actual_duration": round(info.duration, 3),
-                    "width": info.width,
-                    "height": info.height,
-                    "fps": info.fps,
-                    "video_path": stored.path,
-                    "error": None,
-                }
-            )
+
+
+def _begin(
+    store: ClipStore, plan: ClipPlan, work: ClipWork, record: ClipRecord | None, attempt: Attempt
+) -> None:
+    same_plan = record is not None and record.plan_fingerprint == work.fingerprint
+    store.upsert_clip(
+        _record(
+            plan,
+            status="running",
+            attempts=attempt.number,
+            cost=work.cost(),
+            prediction_id=record.prediction_id if record and same_plan else None,
+            plan_fingerprint=work.fingerprint,
         )
-        _settle_prediction(store, plan.job_id, generation.prediction_id, "delivered", None)
-    except Exception as exc:
-        if isinstance(exc, PermanentError) and generation is None and paid_here:
-            # The provider says this prediction failed for good (e.g. content rejected): nothing to adopt.
-            _settle_prediction(store, plan.job_id, paid_here[-1], "failed", str(exc))
-        _record_failure(store, plan, record, attempt, exc)
+    )
+
+
+def _generate_or_reuse(
+    plan: ClipPlan, provider: VideoProvider, files: ClipFiles, work: ClipWork, slot: Slot
+) -> Generation:
+    if files.video.is_file() and files.sidecar.is_file():
+        kept = Generation.model_validate_json(files.sidecar.read_text())
+        if kept.metadata.get("plan_fingerprint") == work.fingerprint:
+            return kept
+        files.discard()
+    files.video.parent.mkdir(parents=True, exist_ok=True)
+    with slot():
+        generation = provider.generate(plan, files.video, work)
+    generation.metadata["plan_fingerprint"] = work.fingerprint
+    _write_atomically(files.sidecar, generation.model_dump_json())
+    return generation
+
+
+def _checked(plan: ClipPlan, files: ClipFiles, work: ClipWork, generation: Generation) -> VideoInfo:
+    """Probe the file and apply the acceptance rule. A rejected output is dropped, and its prediction
+    settled as rejected, so the next attempt pays for another instead of adopting it again."""
+    try:
+        info = probe(files.video)
+        check_delivered(plan, info.duration, info.width, info.height)
+    except MediaError as exc:
+        files.discard()
+        error = f"clip {plan.clip_index} output is not a readable video: {exc}"
+        work.rejected(generation.prediction_id, error)
+        raise TransientError(error) from exc
+    except GenerationError as exc:
+        files.discard()
+        work.rejected(generation.prediction_id, str(exc))
         raise
-    # From the first attempt's start when the caller knows it (Prefect's task run start), else this attempt.
-    elapsed = (datetime.now(UTC) - started_at).total_seconds() if started_at else time.monotonic() - began
+    return info
+
+
+def _store_video(store: ClipStore, plan: ClipPlan, files: ClipFiles) -> StoredObject:
+    try:
+        return store.put_object(
+            VIDEO_BUCKET, clip_object_path(plan.job_id, plan.clip_index), files.video, "video/mp4"
+        )
+    except OSError as exc:
+        # Free to retry: the paid file stays in the work directory, and its prediction stays adoptable.
+        raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
+
+
+def _deliver(
+    store: ClipStore,
+    plan: ClipPlan,
+    work: ClipWork,
+    attempt: Attempt,
+    generation: Generation,
+    info: VideoInfo,
+    stored: StoredObject,
+    elapsed: float,
+) -> Clip:
+    metadata = {**plan.metadata, **generation.metadata}
+    metadata.pop("plan_fingerprint", None)
+    # The row first: a process that dies before the ledger write leaves a stored clip (reused by the next
+    # run) and a succeeded prediction (abandoned by it), never a clip to pay for again.
+    store.upsert_clip(
+        _record(
+            plan,
+            status="success",
+            attempts=attempt.number,
+            cost=work.cost(),
+            prediction_id=generation.prediction_id,
+            plan_fingerprint=work.fingerprint,
+            actual_duration=round(info.duration, 3),
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            video_path=stored.path,
+            metadata=metadata,
+        )
+    )
+    work.delivered(generation.prediction_id)
     return Clip(
         clip_index=plan.clip_index,
         video_url=stored.url,
@@ -235,12 +229,13 @@ def produce_clip(
         original_target_duration=plan.target_duration,
         duration_diff=round(info.duration - plan.target_duration, 3),
         status="success",
-        cost=round(record.cost, 4),
+        cost=work.cost(),
         retry_count=attempt.number - 1,
         generation_time=round(elapsed, 3),
-        metadata={**plan.metadata, **generation.metadata},
+        metadata=metadata,
         model=plan.model,
         prediction_id=generation.prediction_id,
+        prediction_ids=work.prediction_ids(),
         width=info.width,
         height=info.height,
         fps=info.fps,
@@ -248,24 +243,27 @@ def produce_clip(
     )
 
 
-def failed_clip(plan: ClipPlan, store: ClipStore, error: BaseException | None) -> Clip:
-    """The Clip for a clip whose attempts are over, from its record (attempts, money spent) when readable."""
+def failed_clip(plan: ClipPlan, work: ClipWork, error: BaseException | None) -> Clip:
+    """The Clip for a clip whose attempts are over: attempts and money spent from the store, when readable."""
     try:
-        record = _clip_record(store, plan)
+        work.refresh()
+        record = work.record()
+        cost, ids = work.cost(), work.prediction_ids()
     except Exception:
         log.warning("could not read the record of clip %d", plan.clip_index, exc_info=True)
-        record = None
+        record, cost, ids = None, 0.0, []
     attempts = record.attempts if record else 1
     return Clip(
         clip_index=plan.clip_index,
         target_duration=plan.requested_duration,
         original_target_duration=plan.target_duration,
         status="failed",
-        cost=record.cost if record else 0.0,
+        cost=cost,
         retry_count=max(0, attempts - 1),
         metadata=dict(plan.metadata),
         model=plan.model,
-        prediction_id=record.prediction_id if record else None,
+        prediction_id=ids[-1] if ids else None,
+        prediction_ids=ids,
         error=_describe(error) if error else (record.error if record else "unknown error"),
     )
 
@@ -358,157 +356,40 @@ def tidy_work_dir(work_dir: Path, result: Clips) -> None:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def _generate_or_reuse(
-    plan: ClipPlan,
-    provider: VideoProvider,
-    files: ClipFiles,
-    created: Callable[[str], None],
-    before_create: Callable[[], None],
-    slot: Callable[[], AbstractContextManager[object]],
-    adoptable: str | None,
-    lost_create: LostCreate | None,
-) -> tuple[Generation, bool]:
-    fingerprint = plan_fingerprint(plan)
-    if files.video.is_file() and files.sidecar.is_file():
-        kept = Generation.model_validate_json(files.sidecar.read_text())
-        if kept.metadata.get("plan_fingerprint") == fingerprint:
-            return kept, False
-        files.discard()
-    pending = _read_json(files.prediction)
-    kept_id = pending.get("prediction_id")
-    local = kept_id if isinstance(kept_id, str) and pending.get("plan") == fingerprint else None
-    # The work directory knows this machine's last attempt; the ledger knows every machine's.
-    resume = local or adoptable
-    files.video.parent.mkdir(parents=True, exist_ok=True)
-    with slot():
-        generation = provider.generate(
-            plan,
-            files.video,
-            resume=resume,
-            on_created=created,
-            before_create=before_create,
-            lost_create=lost_create,
-        )
-    generation.metadata["plan_fingerprint"] = fingerprint
-    _write_json(files.sidecar, generation.model_dump(mode="json"))
-    return generation, True
-
-
-def _write_json(path: Path, data: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
 
 
-def _read_json(path: Path) -> dict[str, object]:
+def _reused_clip(plan: ClipPlan, store: ClipStore, work: ClipWork, record: ClipRecord) -> Clip | None:
+    """The clip as an earlier run stored it for this very plan, or None when its file is gone."""
+    assert record.video_path is not None and record.actual_duration is not None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _checked(plan: ClipPlan, files: ClipFiles) -> VideoInfo:
-    """Probe the file and apply the acceptance rule. A rejected file is dropped so a retry regenerates."""
-    try:
-        info = probe(files.video)
-        check_delivered(plan, info.duration, info.width, info.height)
-    except MediaError as exc:
-        files.discard()
-        raise TransientError(f"clip {plan.clip_index} output is not a readable video: {exc}") from exc
-    except GenerationError:
-        files.discard()
-        raise
-    return info
-
-
-def plan_fingerprint(plan: ClipPlan) -> str:
-    """What the clip depends on; a rerun with other settings must not reuse it or adopt its predictions.
-
-    Images count by content, not by path: the reference cache lives in each machine's data directory, and a
-    run on another worker must recognise the same plan.
-    """
-    keys = {"model", "prompt", "negative_prompt", "aspect_ratio", "width", "height", "requested_duration"}
-    digest = hashlib.sha256(plan.model_dump_json(include=keys).encode())
-    for image in (plan.scene_image, *plan.character_images, *plan.object_images):
-        if image:
-            digest.update(_file_digest(Path(image)))
-    return digest.hexdigest()[:16]
-
-
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: Path) -> bytes:
-    # Cached per path: the same references are fingerprinted for every clip and attempt. Reference files are
-    # content-addressed in the cache (a changed URL body gets a new path), so a path's content is stable.
-    return hashlib.sha256(path.read_bytes()).digest()
-
-
-def _already_stored(
-    plan: ClipPlan, store: ClipStore, previous: ClipRecord | None, fingerprint: str
-) -> Clip | None:
-    """The clip as an earlier run stored it for this very plan, or None when it must be (re)generated."""
-    if not (
-        previous
-        and previous.status == "success"
-        and previous.video_path
-        and previous.plan_fingerprint == fingerprint
-        and previous.actual_duration is not None
-    ):
-        return None
-    try:
-        url = store.signed_url(VIDEO_BUCKET, previous.video_path)
+        url = store.signed_url(VIDEO_BUCKET, record.video_path)
     except (FileNotFoundError, PermanentError):
         log.warning("clip %d is on record but its file is gone; generating it again", plan.clip_index)
         return None
     return Clip(
         clip_index=plan.clip_index,
         video_url=url,
-        actual_duration=previous.actual_duration,
+        actual_duration=record.actual_duration,
         target_duration=plan.requested_duration,
         original_target_duration=plan.target_duration,
-        duration_diff=round(previous.actual_duration - plan.target_duration, 3),
+        duration_diff=round(record.actual_duration - plan.target_duration, 3),
         status="success",
-        cost=round(previous.cost, 4),
-        retry_count=max(0, previous.attempts - 1),
-        metadata=dict(plan.metadata),
+        cost=work.cost(),
+        retry_count=max(0, record.attempts - 1),
+        metadata=record.metadata or dict(plan.metadata),
         model=plan.model,
-        prediction_id=previous.prediction_id,
-        width=previous.width,
-        height=previous.height,
-        fps=previous.fps,
-        storage_path=previous.video_path,
+        prediction_id=record.prediction_id,
+        prediction_ids=work.prediction_ids(),
+        width=record.width,
+        height=record.height,
+        fps=record.fps,
+        storage_path=record.video_path,
         reused=True,
     )
-
-
-def _lost_create(
-    previous: ClipRecord | None, fingerprint: str, job_ledger: list[PredictionRecord]
-) -> LostCreate | None:
-    """A create an earlier attempt sent for this plan whose prediction never reached the ledger. Every id
-    the job's ledger has is excluded from the search: those belong to some clip already."""
-    if previous is None or previous.create_sent_at is None or previous.plan_fingerprint != fingerprint:
-        return None
-    return LostCreate(previous.create_sent_at, frozenset(p.prediction_id for p in job_ledger))
-
-
-def _adoptable(ledger: list[PredictionRecord], fingerprint: str) -> str | None:
-    """The newest prediction made for this plan whose end we have not seen: adopt it rather than pay again."""
-    open_ones = [p for p in ledger if p.status == "created" and p.plan_fingerprint == fingerprint]
-    return open_ones[-1].prediction_id if open_ones else None
-
-
-def _settle_prediction(
-    store: ClipStore, job_id: UUID, prediction_id: str | None, status: PredictionStatus, error: str | None
-) -> None:
-    """Record how a ledger prediction ended. Best effort: the clip's own outcome must not hang on it."""
-    if prediction_id is None:
-        return
-    try:
-        known = next((p for p in store.predictions(job_id) if p.prediction_id == prediction_id), None)
-        if known is not None and known.status != status:
-            store.record_prediction(known.model_copy(update={"status": status, "error": error}))
-    except Exception:
-        log.warning("could not record that prediction %s is %s", prediction_id, status, exc_info=True)
 
 
 def _record(plan: ClipPlan, **fields: object) -> ClipRecord:
@@ -524,20 +405,26 @@ def _record(plan: ClipPlan, **fields: object) -> ClipRecord:
     )
 
 
-def _clip_record(store: ClipStore, plan: ClipPlan) -> ClipRecord | None:
-    return next((r for r in store.clip_records(plan.job_id) if r.clip_index == plan.clip_index), None)
-
-
 def _record_failure(
-    store: ClipStore, plan: ClipPlan, record: ClipRecord, attempt: Attempt, exc: Exception
+    store: ClipStore, plan: ClipPlan, work: ClipWork, attempt: Attempt, exc: Exception
 ) -> None:
     """Best effort: when the store is what failed, the original error must still be the one raised."""
     message = _describe(exc)
     retrying = attempt.retries_after(exc)
     try:
-        store.upsert_clip(
-            record.model_copy(update={"status": "running" if retrying else "failed", "error": message})
+        record = work.record()
+        update = {
+            "status": "running" if retrying else "failed",
+            "error": message,
+            "cost": work.cost(),
+            "failed_for_good": not retrying and is_final_for_plan(exc),
+        }
+        base = (
+            record
+            if record is not None
+            else _record(plan, status="running", plan_fingerprint=work.fingerprint)
         )
+        store.upsert_clip(base.model_copy(update=update))
         if retrying:
             delay = max(attempt.next_delay_s, getattr(exc, "retry_after", None) or 0.0)
             data = events.retry(plan.clip_index, attempt.number, delay, message)

@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import pydantic
 
+from clipgen.backends import stop_runs_of_job
 from clipgen.errors import PermanentError, ValidationError
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.planning import pydantic_problems
@@ -98,8 +99,9 @@ class LeaseKeeper:
     """Renews a claim every third of its lease while the job runs, from a daemon thread.
 
     A run that dies stops renewing, and the job becomes claimable again when the lease expires. A renewal
-    refused by the store means the lease was lost (the run stalled for a whole lease); that is logged, and
-    the store will not let this run record the job's end.
+    refused by the store means the lease was lost (the run stalled for a whole lease): the job's run in this
+    process is told to stop (clips not yet paid for are not started; what runs is left to the run that
+    claimed the job), and the store will not let this run record the job's end.
     """
 
     def __init__(
@@ -131,7 +133,8 @@ class LeaseKeeper:
         while not self._stop.wait(self._every):
             try:
                 if not self._queue.renew_claim(self._job_id, self._token, self._lease):
-                    self._logger.error("lost the claim on job %s; another run may take it over", self._job_id)
+                    self._logger.error("lost the claim on job %s; stopping work on it", self._job_id)
+                    stop_runs_of_job(self._job_id)
                     return
             except Exception:  # a missed renewal is tried again at the next tick
                 self._logger.warning("could not renew the claim on job %s", self._job_id, exc_info=True)

@@ -56,6 +56,13 @@ class Settings(BaseSettings):
         description="Prefect global concurrency limit that caps in-flight paid predictions across every run "
         "and worker (created by `video-generator setup-prefect`); empty to not take slots.",
     )
+    clip_lease_seconds: float = Field(
+        60.0,
+        ge=1,
+        validation_alias="VIDEO_GENERATOR_CLIP_LEASE_SECONDS",
+        description="How long a run's lease on a clip lasts without renewal: a second run of the job waits "
+        "for it, and a dead run's clips are taken over after it. Renewed every third of it.",
+    )
     queue_lease_seconds: float = Field(
         300.0,
         ge=1,

@@ -23,9 +23,10 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from clipgen import events, ledger
+from clipgen import events
 from clipgen.backends import Backends, close_quietly, open_provider, open_store, run_backends
 from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
+from clipgen.paid_work import JobWork
 from clipgen.pipeline import (
     Announced,
     Outcome,
@@ -36,7 +37,6 @@ from clipgen.pipeline import (
     decide_outcome,
     failed_clip,
     job_work_dir,
-    plan_fingerprint,
     tidy_work_dir,
 )
 from clipgen.planning import ClipPlan, JobPlan, plan_job
@@ -61,10 +61,7 @@ def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State
     store_name = parameters.get("store") or settings.store
     provider, store = open_provider(provider_name, settings), open_store(store_name, settings)
     try:
-        mine = ledger.left_at_end(store.predictions(job_id), str(flow_run.id), run_started=None)
-        ledger.cancel_predictions(
-            store, provider, mine, f"run {state.name.lower() if state.name else 'ended'}"
-        )
+        JobWork(store, provider, owner=str(flow_run.id)).settle_at_end(job_id, run_started=None)
     finally:
         close_quietly(provider)
         close_quietly(store)
@@ -99,7 +96,13 @@ def generate_video_clips(
     assert run_context is not None and run_context.flow_run is not None
     run = run_context.flow_run
     with run_backends(
-        run.id, provider, store, settings, job_id=plan.job_id, budget_usd=plan.budget_usd
+        run.id,
+        provider,
+        store,
+        settings,
+        job_id=plan.job_id,
+        budget_usd=plan.budget_usd,
+        retry_failed=options.retry_failed,
     ) as backends:
         result, outcome = _generate(plan, backends, settings, str(run.id), run.start_time)
     if outcome.succeeded:
@@ -110,31 +113,13 @@ def generate_video_clips(
 def _generate(
     plan: JobPlan, backends: Backends, settings: Settings, run_id: str, run_started: datetime | None
 ) -> tuple[Clips, Outcome]:
-    _best_effort("stopping predictions nobody will adopt", lambda: _cancel_stale(plan, backends))
+    work = backends.work
+    _best_effort("stopping predictions nobody will adopt", lambda: work.sweep_at_start(plan.clips))
     try:
         return _generate_clips(plan, backends, settings)
     finally:
         # Also when the run is interrupted (cancelled, terminated): nothing it paid for keeps running.
-        _best_effort(
-            "stopping what is left running", lambda: _cancel_left(plan, backends, run_id, run_started)
-        )
-
-
-def _cancel_stale(plan: JobPlan, backends: Backends) -> None:
-    store = backends.store
-    fingerprints = {clip.clip_index: plan_fingerprint(clip) for clip in plan.clips}
-    stored = {
-        record.clip_index
-        for record in store.clip_records(plan.job_id)
-        if record.status == "success" and record.plan_fingerprint == fingerprints.get(record.clip_index)
-    }
-    stale = ledger.stale_at_start(store.predictions(plan.job_id), fingerprints, stored)
-    ledger.cancel_predictions(store, backends.provider, stale, "no clip of this job will use it")
-
-
-def _cancel_left(plan: JobPlan, backends: Backends, run_id: str, run_started: datetime | None) -> None:
-    left = ledger.left_at_end(backends.store.predictions(plan.job_id), run_id, run_started)
-    ledger.cancel_predictions(backends.store, backends.provider, left, "the run ended without using it")
+        _best_effort("stopping what is left running", lambda: work.settle_at_end(plan.job_id, run_started))
 
 
 def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Clips, Outcome]:
@@ -169,7 +154,7 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
         for future in as_completed(futures):
             clip_plan = plans[future.task_run_id]
-            clip = _settle(future, clip_plan, backends.store)
+            clip = _settle(future, clip_plan, backends)
             clips.append(clip)
             tally.add(clip)
             _best_effort("progress event", functools.partial(_progress, plan, backends.store, clip, tally))
@@ -184,6 +169,13 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
 
     result = Clips.collect(plan.job_id, clips, time.monotonic() - began)
+    try:
+        spend = backends.work.spend(plan.job_id)
+        result = result.model_copy(
+            update={"spent_this_run": spend.this_run, "spent_all_runs": spend.all_runs}
+        )
+    except Exception:  # noqa: BLE001 - the clips stand without the job's totals
+        get_run_logger().warning("could not read the job's spend; the clips are kept", exc_info=True)
     try:
         result = _with_thumbnails(result, backends.store)
     except Exception:  # noqa: BLE001 - the clips stand without their thumbnail links
@@ -224,13 +216,14 @@ def _mirror(plan: JobPlan, announced: Announced) -> None:
     )
 
 
-def _settle(future: PrefectFuture[Any], plan: ClipPlan, store: ClipStore) -> Clip:
+def _settle(future: PrefectFuture[Any], plan: ClipPlan, backends: Backends) -> Clip:
     # Read the state only after wait(): right after as_completed it can still say Running (FACTS.md).
     future.wait()
     outcome = future.result(raise_on_failure=False)
     if isinstance(outcome, Clip):
         return outcome
-    return failed_clip(plan, store, outcome if isinstance(outcome, BaseException) else None)
+    error = outcome if isinstance(outcome, BaseException) else None
+    return failed_clip(plan, backends.work.clip(plan), error)
 
 
 def _await_thumbnails(futures: list[PrefectFuture[str]], timeout_s: float) -> None:

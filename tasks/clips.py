@@ -60,13 +60,11 @@ def generate_clip(plan: ClipPlan) -> Clip:
     return produce_clip(
         plan,
         backends.provider,
-        backends.store,
+        backends.work.clip(plan),
         job_work_dir(backends.settings.work_dir, plan),
         Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
         started_at=context.task_run.start_time,
         slot=prediction_slot(backends),
-        run_id=str(context.task_run.flow_run_id),
-        budget=backends.budget,
     )
 
 

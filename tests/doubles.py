@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
+from uuid import uuid4
 
 from clipgen.errors import PermanentError, TransientError
 from clipgen.media import render_preview
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation, LostCreate
+from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 from clipgen.stores.base import StoredObject
 from clipgen.stores.local import LocalStore
 
@@ -27,7 +27,8 @@ def small_size(width: int, height: int, longest: int = 192) -> tuple[int, int]:
 class ScriptedProvider:
     """Renders small real clips; `script[clip_index]` lists the outcome of each attempt (last one repeats).
 
-    Counts calls per clip and the most calls in flight at once.
+    Counts calls per clip and the most calls in flight at once. A `paid` one reports each attempt to the
+    ledger as one prediction, like a paid provider: intended, created, then ended.
     """
 
     name = "scripted"
@@ -36,38 +37,32 @@ class ScriptedProvider:
         self,
         script: dict[int, list[str]] | None = None,
         delay_s: float = 0.0,
-        cost: float = 0.1,
         paid: bool = False,
     ) -> None:
         self.paid = paid  # paid generations take a slot of the global prediction limit
         self.script = script or {}
         self.delay_s = delay_s
-        self.cost = cost
         self.calls: Counter[int] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
         self.canceled: list[str] = []
         self._lock = threading.Lock()
 
-    def generate(
-        self,
-        plan: ClipPlan,
-        dest: Path,
-        *,
-        resume: str | None = None,
-        on_created: Callable[[str], None] | None = None,
-        before_create: Callable[[], None] | None = None,
-        lost_create: LostCreate | None = None,
-    ) -> Generation:
+    def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
         with self._lock:
             self.calls[plan.clip_index] += 1
             attempt = self.calls[plan.clip_index]
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        prediction_id = f"scripted-{plan.clip_index}-{attempt}-{uuid4().hex[:8]}"
         try:
+            if self.paid:
+                work.created(work.intend().id, prediction_id)
             time.sleep(self.delay_s)
             outcomes = self.script.get(plan.clip_index, [OK])
             outcome = outcomes[min(attempt, len(outcomes)) - 1]
+            if outcome in (TRANSIENT, PERMANENT) and self.paid:
+                work.ended(prediction_id, "failed", outcome)
             if outcome == TRANSIENT:
                 raise TransientError(f"scripted 503 for clip {plan.clip_index}")
             if outcome == PERMANENT:
@@ -75,12 +70,14 @@ class ScriptedProvider:
             seconds = plan.requested_duration if outcome == OK else max(0.5, plan.target_duration - 3)
             width, height = small_size(plan.width, plan.height)
             render_preview(dest, width=width, height=height, duration=seconds, fps=12, prompt=plan.prompt)
-            return Generation(prediction_id=f"scripted-{plan.clip_index}-{attempt}", cost=self.cost)
+            if self.paid:
+                work.ended(prediction_id, "succeeded")
+            return Generation(prediction_id=prediction_id if self.paid else None)
         finally:
             with self._lock:
                 self.in_flight -= 1
 
-    def cancel(self, prediction_id: str) -> str | None:
+    def cancel(self, prediction_id: str) -> RemoteStatus | None:
         with self._lock:
             self.canceled.append(prediction_id)
         return "canceled"

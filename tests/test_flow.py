@@ -79,7 +79,8 @@ def test_two_of_five_fails_with_counts_and_event() -> None:
 
 def test_transient_failures_are_retried_and_recorded() -> None:
     job = make_job(4, duration=4.0)  # accepted from 2 s; SHORT delivers 1 s
-    provider = ScriptedProvider({0: [TRANSIENT, OK], 1: [TRANSIENT, TRANSIENT, OK], 2: [SHORT, OK]})
+    script = {0: [TRANSIENT, OK], 1: [TRANSIENT, TRANSIENT, OK], 2: [SHORT, OK]}
+    provider = ScriptedProvider(script, paid=True)
     state = run(job, provider)
 
     result = state.result()
@@ -88,7 +89,10 @@ def test_transient_failures_are_retried_and_recorded() -> None:
     assert [by_index[i].retry_count for i in range(4)] == [1, 2, 1, 0]
     assert provider.calls == {0: 2, 1: 3, 2: 2, 3: 1}
     # Every paid generation is accounted for: the short clip's first generation is in its cost.
-    assert by_index[2].cost == pytest.approx(0.2)
+    price = result.clips[3].cost
+    assert price > 0 and [by_index[i].cost for i in range(4)] == pytest.approx([2 * price, 3 * price, 2 * price, price])
+    assert len(by_index[2].prediction_ids) == 2
+    assert result.spent_this_run == result.spent_all_runs == pytest.approx(8 * price)
     retries = [e.data for e in store().events(job.job_id) if e.event == events.RETRY]
     assert sorted((r["clip_index"], r["attempt"]) for r in retries) == [(0, 1), (1, 1), (1, 2), (2, 1)]
     records = {r.clip_index: r for r in store().clip_records(job.job_id)}

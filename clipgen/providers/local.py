@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from clipgen.media import load_image, render_preview
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation, LostCreate
+from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 
 PREVIEW_FPS = 24
 
@@ -22,16 +21,9 @@ class LocalProvider:
     name = "local"
     paid = False
 
-    def generate(
-        self,
-        plan: ClipPlan,
-        dest: Path,
-        *,
-        resume: str | None = None,
-        on_created: Callable[[str], None] | None = None,
-        before_create: Callable[[], None] | None = None,
-        lost_create: LostCreate | None = None,
-    ) -> Generation:
+    def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
+        # Nothing paid: the ledger is not involved, only the clip's lease.
+        work.check()
         scene = load_image(Path(plan.scene_image)) if plan.scene_image else None
         characters = [load_image(Path(path)) for path in plan.character_images]
         render_preview(
@@ -53,5 +45,5 @@ class LocalProvider:
             }
         )
 
-    def cancel(self, prediction_id: str) -> str | None:
+    def cancel(self, prediction_id: str) -> RemoteStatus | None:
         return None  # renders in-process; there is nothing running elsewhere to stop

@@ -1,23 +1,27 @@
 """Clips from Replicate with the official client: create once, wait against a deadline, download promptly.
 
-Money rules this module keeps:
-- a prediction is created only after its inputs are built and checked, and its id is handed to
-  `on_created` before any waiting;
-- past the clip's deadline the prediction is canceled before the attempt gives up;
-- a failed download is retried against the same prediction's output, and a later attempt re-attaches to
-  the prediction (`resume`) rather than creating another, unless it failed, was canceled or its output
-  is gone;
-- a create whose answer never reached the ledger (the process died, or the answer was lost) is looked for
-  among the account's recent predictions before another is paid for (`lost_create`, `_made_anyway`);
-- a 429 on create (nothing was created) waits for the reset hint and tries again, within a bound; the
-  wait is shared by the run's clips, and fewer predictions run at once until creates succeed again
+The money is not decided here: every step is reported to the clip's `PaidWork` (clipgen.paid_work), which
+says what to adopt and whether a create may be sent, and records what each prediction cost and how it ended.
+What this module keeps:
+- a prediction is created only after its inputs are built and checked, and only once the ledger has the
+  intent; its id goes to the ledger before any waiting;
+- a prediction the ledger names (in flight, or succeeded and not stored) is re-attached to, or its output
+  downloaded again, instead of paying for another;
+- a create whose answer was lost (a 5xx, a connection reset, a process that died) is looked for among the
+  account's recent predictions before anything new is paid for; while that list cannot be read, nothing is
+  created (LostCreateUnresolved, a transient error);
+- past the clip's deadline the prediction is canceled (through the ledger) before the attempt gives up;
+- a 429 on create made nothing: it waits for the reset hint and tries again, within a bound; the wait is
+  shared by the run's clips, and fewer predictions run at once until creates succeed again
   (`clipgen.throttle`).
+
+Predictions are read as plain JSON (`RemotePrediction`): replicate 1.0.7's models refuse the `aborted`
+status, and one aborted prediction in a listed page would otherwise hide the whole page.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import io
 import logging
 import os
@@ -32,28 +36,33 @@ from typing import Any, TypeVar
 
 import httpx
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
-from replicate.pagination import Page
-from replicate.prediction import Prediction
 
 from clipgen.catalog import get_model
-from clipgen.errors import ContentRejected, GenerationError, PermanentError, TransientError
+from clipgen.errors import (
+    ContentRejected,
+    GenerationError,
+    LostCreateUnresolved,
+    PermanentError,
+    TransientError,
+)
 from clipgen.media import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation, LostCreate
+from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
 from clipgen.settings import Settings
 from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+LIVE = frozenset({"starting", "processing"})
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 INLINE_IMAGE_BYTES = 256 * 1024
 DOWNLOAD_ATTEMPTS = 3
-CANCEL_ATTEMPTS = 3
 # How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
 CLOCK_SKEW = timedelta(seconds=30)
 # How far back (in pages of the prediction list, newest first) to look for the prediction a lost create made.
@@ -63,6 +72,33 @@ _FILES_PATH = re.compile(r"/v1/files/[^/]+")
 _RESET_HINT = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 _CONTENT_MARKERS = ("flagged", "sensitive", "nsfw", "safety", "content policy", "moderation", "e005")
 _INPUT_MARKERS = ("invalid input", "validation", "not supported", "unsupported")
+
+
+class RemotePrediction(BaseModel):
+    """A prediction as the API returns it, whatever its status says (`aborted` included)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status: str
+    model: str | None = None
+    version: str | None = None
+    input: dict[str, Any] | None = None
+    output: Any = None
+    error: Any = None
+    created_at: str | None = None
+    metrics: dict[str, Any] | None = None
+
+    def created(self) -> datetime:
+        created = datetime.fromisoformat(str(self.created_at).replace("Z", "+00:00"))
+        return created if created.tzinfo else created.replace(tzinfo=UTC)
+
+
+class _Page(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    results: list[RemotePrediction]
+    next: str | None = None
 
 
 class OutputGone(TransientError):
@@ -97,8 +133,6 @@ class ReplicateProvider:
         )
         self._uploaded: dict[tuple[str, str, tuple[int, int]], str] = {}
         self._lock = threading.Lock()
-        # Every prediction this provider created or re-attached to: a lost create never adopts one of these.
-        self._known: set[str] = set()
 
     def close(self) -> None:
         self._downloads.close()
@@ -117,39 +151,22 @@ class ReplicateProvider:
         )
         return cls(client, poll_interval_s=settings.replicate_poll_interval_seconds, api_transport=transport)
 
-    def generate(
-        self,
-        plan: ClipPlan,
-        dest: Path,
-        *,
-        resume: str | None = None,
-        on_created: Callable[[str], None] | None = None,
-        before_create: Callable[[], None] | None = None,
-        lost_create: LostCreate | None = None,
-    ) -> Generation:
+    def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
         # The slot counts this prediction (re-attached or created) until the clip is delivered or given up.
         with self.throttle.slot() as slot:
-            prediction = self._reattach(resume) if resume else None
-            if prediction is None and lost_create is not None:
-                prediction = self._recover(plan, lost_create, on_created)
-            if prediction is not None:
-                self._remember(prediction.id)
+            prediction = self._adopt(work) or self._recover(plan, work)
             request: ModelRequest | None = None
             while True:
-                reattached = prediction is not None
+                fresh = prediction is None
                 if prediction is None:
-                    request = build_request(plan, self._image_uri)
-                    if before_create:
-                        before_create()  # the job's budget may refuse it
-                    prediction = self._create(request, slot)
-                    self._remember(prediction.id)
-                    if on_created:
-                        on_created(prediction.id)
-                prediction = self._wait(prediction, plan.timeout_s)
+                    request = request or build_request(plan, self._image_uri)
+                    prediction = self._create(request, work, slot)
+                prediction = self._wait(prediction, plan.timeout_s, work)
                 try:
                     self._download(_output_url(prediction), dest)
                 except OutputGone:
-                    if not reattached:
+                    work.ended(prediction.id, "gone")
+                    if fresh:
                         raise
                     log.warning("output of %s is gone; creating a new prediction", prediction.id)
                     prediction = None
@@ -158,169 +175,189 @@ class ReplicateProvider:
         notes = (request or build_request(plan, _no_upload)).notes
         return Generation(
             prediction_id=prediction.id,
-            cost=get_model(plan.model).cost(plan.requested_duration),
             metadata={
                 "provider": self.name,
                 "replicate_model": prediction.model,
                 "predict_time": (prediction.metrics or {}).get("predict_time"),
+                "cost_usd": get_model(plan.model).cost(plan.requested_duration),
                 **notes,
             },
         )
 
-    def cancel(self, prediction_id: str) -> str | None:
+    def cancel(self, prediction_id: str) -> RemoteStatus | None:
         """Cancel a prediction we no longer want (a no-op on Replicate's side for one that has ended)."""
-        prediction = _api(lambda: self._client.predictions.cancel(prediction_id))
-        return str(prediction.status) if prediction.status in TERMINAL else "canceled"
+        answer = self._call("POST", f"/v1/predictions/{prediction_id}/cancel")
+        status = RemotePrediction.model_validate(answer).status
+        return status if status in TERMINAL else "canceled"  # type: ignore[return-value]
 
     # --- the prediction's lifecycle -------------------------------------------------------------------
 
-    def _reattach(self, prediction_id: str) -> Prediction | None:
-        try:
-            prediction = _api(lambda: self._client.predictions.get(prediction_id))
-        except PermanentError:
-            return None  # unknown to the API: nothing to re-attach to
-        if prediction.status in ("starting", "processing", "succeeded"):
-            log.info("re-attaching to prediction %s (%s)", prediction.id, prediction.status)
-            return prediction
+    def _adopt(self, work: PaidWork) -> RemotePrediction | None:
+        """The first prediction the ledger names for this plan that can still deliver. One that cannot is
+        reported as ended; one that cannot be read now fails the attempt (transient): creating another
+        while it may be running would pay twice."""
+        for prediction_id in work.adoptable():
+            try:
+                prediction = self._get(prediction_id)
+            except PermanentError:
+                work.ended(prediction_id, "gone")  # unknown to the API: nothing to re-attach to
+                continue
+            if prediction.status in LIVE or prediction.status == "succeeded":
+                log.info("re-attaching to prediction %s (%s)", prediction.id, prediction.status)
+                return prediction
+            work.ended(prediction.id, _ended(prediction.status), _error_text(prediction))
         return None
 
-    def _recover(
-        self, plan: ClipPlan, lost: LostCreate, on_created: Callable[[str], None] | None
-    ) -> Prediction | None:
-        """The prediction made by a create whose answer an earlier attempt never recorded: reported to
-        `on_created` whatever its state (it was paid for), and returned when it can still deliver."""
-        request = build_request(plan, self._image_uri)
-        made = self._made_anyway(request, lost.sent_at, exclude=lost.known)
-        if made is None:
+    def _recover(self, plan: ClipPlan, work: PaidWork) -> RemotePrediction | None:
+        """What the creates whose answer was never recorded made: each found one goes on the ledger and the
+        bill, and the first that can still deliver is adopted; a create that made nothing frees its
+        reservation. Raises LostCreateUnresolved while the list cannot be read."""
+        lost = work.lost_creates()
+        if not lost:
             return None
-        self._remember(made.id)
-        if on_created:
-            on_created(made.id)
-        if made.status in ("starting", "processing", "succeeded"):
-            return made
-        log.info("the lost create's prediction %s is %s; creating another", made.id, made.status)
-        return None
+        request = build_request(plan, self._image_uri)
+        adopted: RemotePrediction | None = None
+        for intent in lost:
+            made = self._made_by(request, intent)
+            if made is None:
+                work.made_nothing(intent.id)
+                continue
+            work.found(intent.id, made.id)
+            if made.status in TERMINAL and made.status != "succeeded":
+                work.ended(made.id, _ended(made.status), _error_text(made))
+            elif adopted is None:
+                adopted = made
+        return adopted
 
-    def _create(self, request: ModelRequest, slot: Slot) -> Prediction:
-        """Create once. A 429 made nothing: it is recorded with the throttle (which holds every create of
-        the run until the reset hint and lowers the limit), and the create is tried again, as long as this
-        create's waits for hints stay within `max_rate_limit_wait_s`."""
+    def _create(self, request: ModelRequest, work: PaidWork, slot: Slot) -> RemotePrediction:
+        """Create once, under an intent on the ledger. A 429 (or any 4xx) made nothing: the intent is void.
+        After a 429 the throttle holds every create of the run until the reset hint and lowers the limit,
+        and the create is tried again, as long as its waits stay within `max_rate_limit_wait_s`."""
         detail = "creates are paused after a 429"
         while True:
             try:
                 slot.ready(self._max_rate_limit_wait_s)
             except HintTooLong as exc:
                 raise TransientError(f"rate limited by Replicate: {detail}", retry_after=exc.wait_s) from None
-            sent_at = datetime.now(UTC)
+            intent = work.intend()
             try:
                 prediction = self._send(request)
             except ReplicateError as exc:
-                if exc.status != 429:
-                    made = self._made_anyway(request, sent_at) if (exc.status or 0) >= 500 else None
-                    if made is not None:
-                        slot.succeeded()
-                        return made
+                if exc.status is not None and exc.status < 500:
+                    work.made_nothing(intent.id)  # the API refused it: nothing exists
+                    if exc.status == 429:
+                        delay = rate_limit_delay(exc)
+                        slot.throttled(delay)
+                        detail = exc.detail or detail
+                        log.warning("rate limited on create; the run's creates wait %.1f s", delay)
+                        continue
                     slot.failed()
                     raise api_error(exc) from exc
-                delay = rate_limit_delay(exc)
-                slot.throttled(delay)
-                detail = exc.detail or detail
-                log.warning("rate limited on create; the run's creates wait %.1f s as the API asks", delay)
-                continue
-            except httpx.TransportError as exc:
-                made = self._made_anyway(request, sent_at)
-                if made is not None:
-                    slot.succeeded()
-                    return made
+                return self._after_lost_answer(request, intent, work, slot, api_error(exc))
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                work.made_nothing(intent.id)  # never reached the API
                 slot.failed()
-                raise TransientError(f"creating the prediction failed: {exc!r}") from exc
+                raise TransientError(f"Replicate API unreachable: {exc!r}") from exc
+            except httpx.TransportError as exc:
+                lost = TransientError(f"the answer to a create was lost: {exc!r}")
+                return self._after_lost_answer(request, intent, work, slot, lost)
             slot.succeeded()
+            work.created(intent.id, prediction.id)
             return prediction
 
-    def _remember(self, prediction_id: str) -> None:
-        with self._lock:
-            self._known.add(prediction_id)
+    def _after_lost_answer(
+        self, request: ModelRequest, intent: Intent, work: PaidWork, slot: Slot, error: GenerationError
+    ) -> RemotePrediction:
+        """A create sent and not answered (5xx, reset) may have made a prediction: find out before anything
+        else is paid for. While the list cannot be read the intent stays, for the next attempt."""
+        try:
+            made = self._made_by(request, intent)
+        except LostCreateUnresolved:
+            slot.failed()
+            raise
+        if made is None:
+            work.made_nothing(intent.id)
+            slot.failed()
+            raise error
+        work.found(intent.id, made.id)
+        slot.succeeded()
+        return made
 
-    def _made_anyway(
-        self, request: ModelRequest, sent_at: datetime, exclude: frozenset[str] = frozenset()
-    ) -> Prediction | None:
-        """After a create whose answer was lost (connection dropped, 5xx, or the process that sent it died
-        before recording it): the prediction it may have made.
+    def _made_by(self, request: ModelRequest, intent: Intent) -> RemotePrediction | None:
+        """The prediction the create of `intent` made, or None when it made none.
 
         Replicate has no idempotency key, and creating again could pay twice. So look among the predictions
-        made since we sent ours (newest first, a few pages back) for one with our input that no one has
-        on record (`exclude`, and every prediction this provider knows), and adopt it.
+        made since the create was sent (newest first, a few pages back) for one with our input that no one
+        has on record, and adopt it. Two such (clips with the same input) cannot be told apart: neither is
+        taken, and the intent is settled as having made nothing we can own.
         """
-        since = sent_at - CLOCK_SKEW
-        try:
-            recent = self._predictions_since(since)
-        except GenerationError as exc:
-            log.warning("could not look for a prediction the lost create may have made: %s", exc)
-            return None
-        with self._lock:
-            known = self._known | exclude
+        since = intent.sent_at - CLOCK_SKEW
+        recent = self._predictions_since(since)
         matches = [
             p
             for p in recent
-            if p.id not in known
+            if p.id not in intent.known
             and _same_input(p.input, request.input)
             and (p.version == request.version if request.version else p.model == request.model)
         ]
-        if len(matches) != 1:
-            # None: it made nothing. Several: clips with the same input; guessing could take another's.
-            return None
-        made = matches[0]
-        log.warning("the answer to a create was lost, but it made prediction %s; adopting it", made.id)
-        return made
+        if len(matches) > 1:
+            log.warning("%d predictions match a lost create; adopting none of them", len(matches))
+        return matches[0] if len(matches) == 1 else None
 
-    def _predictions_since(self, since: datetime) -> list[Prediction]:
-        """The account's predictions created at `since` or later, as far as LOST_CREATE_PAGES pages go."""
-        found: list[Prediction] = []
-        cursor: str | None = None
+    def _predictions_since(self, since: datetime) -> list[RemotePrediction]:
+        """The account's predictions created at `since` or later. LostCreateUnresolved when the list cannot
+        be read, or `since` lies further back than LOST_CREATE_PAGES pages: we cannot tell what was made."""
+        found: list[RemotePrediction] = []
+        url = "/v1/predictions"
         for _ in range(LOST_CREATE_PAGES):
-            page = _api(functools.partial(self._list_predictions, cursor))
-            found += [p for p in page.results if _created_at(p) >= since]
-            if not page.next or any(_created_at(p) < since for p in page.results):
-                break
-            cursor = page.next
-        return found
+            try:
+                page = _Page.model_validate(self._call("GET", url))
+            except (GenerationError, ValueError) as exc:
+                raise LostCreateUnresolved(
+                    f"cannot tell whether a lost create made a prediction: {exc}"
+                ) from exc
+            found += [p for p in page.results if p.created() >= since]
+            if not page.next or any(p.created() < since for p in page.results):
+                return found
+            url = page.next  # the client takes `next` as the whole URL to fetch
+        raise LostCreateUnresolved(
+            f"over {LOST_CREATE_PAGES} pages of predictions since a lost create: cannot tell what it made"
+        )
 
-    def _list_predictions(self, cursor: str | None) -> Page[Prediction]:
-        # The client sends `cursor` as the whole URL to fetch; the first page is asked for without one.
-        return self._client.predictions.list(cursor=cursor) if cursor else self._client.predictions.list()
-
-    def _send(self, request: ModelRequest) -> Prediction:
+    def _send(self, request: ModelRequest) -> RemotePrediction:
         if request.version:
-            return self._client.predictions.create(version=request.version, input=request.input)
-        return self._client.models.predictions.create(model=request.model, input=request.input)
+            path, body = "/v1/predictions", {"version": request.version, "input": request.input}
+        else:
+            path, body = f"/v1/models/{request.model}/predictions", {"input": request.input}
+        response = self._client._request("POST", path, json=body)
+        return RemotePrediction.model_validate(response.json())
 
-    def _wait(self, prediction: Prediction, timeout_s: float) -> Prediction:
+    def _get(self, prediction_id: str) -> RemotePrediction:
+        return RemotePrediction.model_validate(self._call("GET", f"/v1/predictions/{prediction_id}"))
+
+    def _call(self, method: str, path: str) -> Any:
+        """One API call through the client (its auth, base URL and transport), the answer as JSON, failures
+        typed. The client's own models are not used to read it (see the module's docstring)."""
+        return _api(lambda: self._client._request(method, path).json())
+
+    def _wait(self, prediction: RemotePrediction, timeout_s: float, work: PaidWork) -> RemotePrediction:
         deadline = time.monotonic() + timeout_s
-        prediction_id = prediction.id
         while prediction.status not in TERMINAL:
+            work.check()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self._cancel(prediction.id)
-                raise TransientError(
-                    f"prediction {prediction.id} still {prediction.status} after {timeout_s:g} s; canceled it"
-                )
+                reason = f"prediction {prediction.id} still {prediction.status} after {timeout_s:g} s"
+                work.give_up(prediction.id, reason)
+                raise TransientError(f"{reason}; canceled it")
             time.sleep(min(self._poll_interval_s, remaining))
-            prediction = _api(lambda: self._client.predictions.get(prediction_id))
+            prediction = self._get(prediction.id)
+        error = _error_text(prediction)
+        work.ended(prediction.id, _ended(prediction.status), error)
         if prediction.status == "succeeded":
             return prediction
         if prediction.status == "failed":
-            raise prediction_error(prediction.id, prediction.error)
+            raise prediction_error(prediction.id, error)
         raise TransientError(f"prediction {prediction.id} was {prediction.status}")
-
-    def _cancel(self, prediction_id: str) -> None:
-        for attempt in range(1, CANCEL_ATTEMPTS + 1):
-            try:
-                _api(lambda: self._client.predictions.cancel(prediction_id))
-                return
-            except TransientError as exc:
-                log.warning("cancel of %s failed (attempt %d): %s", prediction_id, attempt, exc)
-                time.sleep(0.5 * attempt)
-        raise TransientError(f"could not cancel prediction {prediction_id}; the next attempt re-attaches")
 
     def _download(self, url: str, dest: Path) -> None:
         """Stream the output to `dest` (atomically), retrying failures against the same URL."""
@@ -380,9 +417,12 @@ def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def _created_at(prediction: Prediction) -> datetime:
-    created = datetime.fromisoformat(str(prediction.created_at).replace("Z", "+00:00"))
-    return created if created.tzinfo else created.replace(tzinfo=UTC)
+def _ended(status: str) -> RemoteStatus:
+    return status if status in TERMINAL else "canceled"  # type: ignore[return-value]
+
+
+def _error_text(prediction: RemotePrediction) -> str | None:
+    return None if prediction.error is None else str(prediction.error)
 
 
 def _same_input(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> bool:
@@ -396,7 +436,7 @@ def _same_input(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> bool:
     )
 
 
-def _output_url(prediction: Prediction) -> str:
+def _output_url(prediction: RemotePrediction) -> str:
     output: Any = prediction.output
     if isinstance(output, list) and output:
         output = output[0]
@@ -417,8 +457,8 @@ def _api(call: Callable[[], T]) -> T:
     except httpx.TransportError as exc:
         raise TransientError(f"Replicate API unreachable: {exc!r}") from exc
     except ValueError as exc:
-        # The client's models refuse what they do not know, e.g. status "aborted" (1.0.7): ask again later.
-        raise TransientError(f"Replicate answered something the client cannot read: {exc}") from exc
+        # Not JSON, or not a prediction (a proxy's error page): ask again later.
+        raise TransientError(f"Replicate answered something that cannot be read: {exc}") from exc
 
 
 def api_error(exc: ReplicateError) -> GenerationError:

@@ -1,0 +1,498 @@
+"""Paid work has one owner: this module. It alone decides what is created, adopted, settled or canceled.
+
+Every paid request is a row of the job's prediction ledger (the store's `clip_predictions`) from before it
+is sent until it ends, and its status only moves forward through one state machine (`advance`):
+
+    intended ──> created ──> succeeded ──> delivered | rejected | abandoned
+        │            └─────> failed | canceled
+        └──> void   (the create certainly made nothing)
+
+- `intended` is written before the create leaves, with its price reserved against the job's budget in the
+  same atomic write (`ClipStore.reserve_prediction`): a process that dies while the create is under way
+  leaves the intent, and the next attempt, on any machine, looks for what that create made before paying
+  again. Two runs of a job share one budget, because it is the ledger's.
+- `succeeded` stays adoptable by any worker until its output expires: a clip whose upload failed is not
+  paid for again.
+- A clip is worked by one run at a time: the run holds the clip's lease (`ClipWork.hold`), renewed while
+  it works. A second run of the job waits for it and then reuses what the first stored.
+- A run cancels only predictions that it made, or that earlier runs left, and that no live lease of
+  another run holds.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import UUID, uuid4
+
+from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped
+from clipgen.planning import ClipPlan
+from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
+from clipgen.stores.base import INTENT_PREFIX, ClipRecord, ClipStore, PredictionRecord, PredictionStatus
+
+log = logging.getLogger(__name__)
+
+_NEXT: dict[PredictionStatus, frozenset[PredictionStatus]] = {
+    "intended": frozenset({"void", "created"}),
+    "created": frozenset({"succeeded", "failed", "canceled"}),
+    "succeeded": frozenset({"delivered", "rejected", "abandoned"}),
+}
+OPEN: frozenset[PredictionStatus] = frozenset({"intended", "created", "succeeded"})
+ADOPTABLE: frozenset[PredictionStatus] = frozenset({"created", "succeeded"})
+NOT_BILLED: frozenset[PredictionStatus] = frozenset({"intended", "void"})
+LEDGER_WRITE_ATTEMPTS = 3
+CANCEL_ATTEMPTS = 3
+
+
+class IllegalTransition(ValueError):
+    """A ledger status may only move forward along the state machine."""
+
+
+@functools.cache
+def reachable(status: PredictionStatus) -> frozenset[PredictionStatus]:
+    """Every status `status` can move to, in one step or several."""
+    found: set[PredictionStatus] = set()
+    for step in _NEXT.get(status, frozenset()):
+        found |= {step, *reachable(step)}
+    return frozenset(found)
+
+
+def advance(current: PredictionStatus, new: PredictionStatus) -> PredictionStatus:
+    """`new`, when the machine allows it from `current` (staying put is allowed: writes repeat)."""
+    if new != current and new not in reachable(current):
+        raise IllegalTransition(f"a prediction cannot go from {current} to {new}")
+    return new
+
+
+def ended_status(remote: RemoteStatus, wanted: bool) -> PredictionStatus:
+    """The ledger status for how a prediction ended on the provider. A success nobody wants is abandoned;
+    one still wanted stays `succeeded`, adoptable until its output expires."""
+    if remote == "succeeded":
+        return "succeeded" if wanted else "abandoned"
+    if remote == "gone":
+        return "abandoned"
+    if remote == "aborted":
+        return "canceled"  # never started, never billed (its cost is cleared)
+    return remote
+
+
+def plan_fingerprint(plan: ClipPlan, provider: str) -> str:
+    """What the clip depends on, the provider included: a preview never stands in for a paid clip, nor a
+    rerun with other settings reuses a clip or adopts its predictions.
+
+    Images count by content, not by path: a run on another worker must recognise the same plan.
+    """
+    keys = {"model", "prompt", "negative_prompt", "aspect_ratio", "width", "height", "requested_duration"}
+    digest = hashlib.sha256(plan.model_dump_json(include=keys).encode())
+    digest.update(provider.encode())
+    for image in (plan.scene_image, *plan.character_images, *plan.object_images):
+        if image:
+            digest.update(_file_digest(Path(image)))
+    return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: Path) -> bytes:
+    # Cached per path: reference files are content-addressed (a changed image gets a new path).
+    return hashlib.sha256(path.read_bytes()).digest()
+
+
+def billed(records: Iterable[PredictionRecord]) -> float:
+    """What these predictions cost: intents not yet sent or answered, and void ones, cost nothing."""
+    return round(sum(r.cost for r in records if r.status not in NOT_BILLED), 4)
+
+
+@dataclass(frozen=True)
+class Spend:
+    this_run: float
+    all_runs: float
+
+
+@dataclass
+class JobWork:
+    """One run's paid work on one job: the run's identity (the lease owner), its budget, its stop signal."""
+
+    store: ClipStore
+    provider: VideoProvider
+    owner: str
+    budget_usd: float | None = None
+    lease_seconds: float = 60.0
+    retry_failed: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def clip(self, plan: ClipPlan) -> ClipWork:
+        return ClipWork(self, plan, plan_fingerprint(plan, self.provider.name))
+
+    def sweep_at_start(self, plans: list[ClipPlan]) -> list[PredictionRecord]:
+        """Stop open predictions that no clip of this job will adopt: for a clip already stored, for another
+        plan (the job was changed) or for a clip no longer in the job. Those of clips another run holds
+        are that run's to settle."""
+        fingerprints = {plan.clip_index: plan_fingerprint(plan, self.provider.name) for plan in plans}
+        clips = self._clips(plans[0].job_id) if plans else {}
+        stored = {
+            index
+            for index, record in clips.items()
+            if record.status == "success" and record.plan_fingerprint == fingerprints.get(index)
+        }
+        stale = [
+            p
+            for p in self._ledger(plans[0].job_id if plans else None)
+            if p.status in ADOPTABLE
+            and not self._held_elsewhere(clips.get(p.clip_index))
+            and (p.clip_index in stored or fingerprints.get(p.clip_index) != p.plan_fingerprint)
+        ]
+        return self._stop_all(stale, "no clip of this job will use it", keep_succeeded=False)
+
+    def settle_at_end(self, job_id: UUID, run_started: datetime | None) -> list[PredictionRecord]:
+        """Cancel what is still running that this run made, or that earlier runs left and this one did
+        not take over. Succeeded ones stay adoptable; a stopped run leaves all to the run that took over."""
+        if self.stop.is_set():
+            return []
+        clips = self._clips(job_id)
+        left = [
+            p
+            for p in self._ledger(job_id)
+            if p.status == "created"
+            and not self._held_elsewhere(clips.get(p.clip_index))
+            and (p.run_id == self.owner or _before(p.created_at, run_started))
+        ]
+        return self._stop_all(left, "the run ended without using it", keep_succeeded=True)
+
+    def spend(self, job_id: UUID) -> Spend:
+        ledger = self._ledger(job_id)
+        return Spend(billed(p for p in ledger if p.run_id == self.owner), billed(ledger))
+
+    # --- shared by the clips ----------------------------------------------------------------------
+
+    def _ledger(self, job_id: UUID | None) -> list[PredictionRecord]:
+        return self.store.predictions(job_id) if job_id is not None else []
+
+    def _clips(self, job_id: UUID) -> dict[int, ClipRecord]:
+        return {record.clip_index: record for record in self.store.clip_records(job_id)}
+
+    def _held_elsewhere(self, record: ClipRecord | None) -> bool:
+        return bool(
+            record
+            and record.lease_owner not in (None, self.owner)
+            and record.lease_expires_at is not None
+            and record.lease_expires_at > datetime.now(UTC)
+        )
+
+    def _stop_all(
+        self, predictions: list[PredictionRecord], reason: str, keep_succeeded: bool
+    ) -> list[PredictionRecord]:
+        """Cancel each (best effort, one by one) and record how it ended."""
+        settled = []
+        for prediction in predictions:
+            try:
+                settled.append(self._stop_one(prediction, reason, keep_succeeded))
+            except Exception:
+                log.warning("could not stop prediction %s", prediction.prediction_id, exc_info=True)
+        return settled
+
+    def _stop_one(self, prediction: PredictionRecord, reason: str, keep_succeeded: bool) -> PredictionRecord:
+        remote = (
+            self.cancel_remote(prediction.prediction_id) if prediction.status == "created" else "succeeded"
+        )
+        status = ended_status(remote or "canceled", wanted=keep_succeeded)
+        updated = _moved(prediction, status, error=prediction.error or reason, remote=remote)
+        self.store.record_prediction(updated)
+        log.info(
+            "prediction %s of clip %d: %s (%s)",
+            prediction.prediction_id,
+            prediction.clip_index,
+            status,
+            reason,
+        )
+        return updated
+
+    def cancel_remote(self, prediction_id: str) -> RemoteStatus | None:
+        """Cancel on the provider, a few tries; how it ended there (None: unknown)."""
+        for attempt in range(1, CANCEL_ATTEMPTS + 1):
+            try:
+                return self.provider.cancel(prediction_id)
+            except Exception:
+                if attempt == CANCEL_ATTEMPTS:
+                    raise
+                log.warning("cancel of %s failed (attempt %d)", prediction_id, attempt, exc_info=True)
+                time.sleep(0.5 * attempt)
+        raise AssertionError("unreachable")
+
+
+def _before(moment: datetime | None, reference: datetime | None) -> bool:
+    return moment is not None and reference is not None and moment < reference
+
+
+def _moved(
+    record: PredictionRecord, status: PredictionStatus, *, error: str | None = None, remote: str | None = None
+) -> PredictionRecord:
+    update: dict[str, object] = {"status": advance(record.status, status)}
+    if error is not None:
+        update["error"] = error
+    if remote == "aborted":
+        update["cost"] = 0.0
+    return record.model_copy(update=update)
+
+
+class ClipWork:
+    """One clip's paid work in one run: the lease, the ledger rows of its plan, and every transition.
+
+    This is the `PaidWork` a provider is handed (clipgen.providers.base), and what the pipeline asks
+    whether the clip is stored, failed for good, or what it cost.
+    """
+
+    def __init__(self, job: JobWork, plan: ClipPlan, fingerprint: str) -> None:
+        self.job, self.plan, self.fingerprint = job, plan, fingerprint
+        self._rows: dict[str, PredictionRecord] = {}
+        self._known: frozenset[str] = frozenset()
+        self._lost = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- the lease ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Work the clip under its lease: wait while another run holds it, renew it while working, give it
+        back at the end. The ledger is read again once the lease is ours: the last holder may have moved."""
+        self._take_lease()
+        self._lost.clear()
+        done = threading.Event()
+        keeper = threading.Thread(target=self._keep_lease, args=(done,), daemon=True)
+        keeper.start()
+        try:
+            self.refresh()
+            yield
+        finally:
+            done.set()
+            keeper.join()
+            self._release_lease()
+
+    def _take_lease(self) -> None:
+        store, plan, job = self.job.store, self.plan, self.job
+        waited = False
+        while not store.take_clip_lease(
+            plan.job_id, plan.clip_index, job.owner, job.lease_seconds, plan.model
+        ):
+            if not waited:
+                log.info("clip %d is being worked by another run; waiting for it", plan.clip_index)
+                waited = True
+            if job.stop.wait(min(2.0, max(0.2, job.lease_seconds / 20))):
+                raise RunStopped(f"the run was stopped while clip {plan.clip_index} waited for another run")
+
+    def _keep_lease(self, done: threading.Event) -> None:
+        plan, job = self.plan, self.job
+        while not done.wait(job.lease_seconds / 3):
+            try:
+                held = job.store.renew_clip_lease(plan.job_id, plan.clip_index, job.owner, job.lease_seconds)
+            except Exception:
+                log.warning("could not renew the lease on clip %d", plan.clip_index, exc_info=True)
+                continue
+            if not held:
+                log.error("lost the lease on clip %d; another run may take it over", plan.clip_index)
+                self._lost.set()
+                return
+
+    def _release_lease(self) -> None:
+        try:
+            self.job.store.release_clip_lease(self.plan.job_id, self.plan.clip_index, self.job.owner)
+        except Exception:
+            log.warning("could not release the lease on clip %d", self.plan.clip_index, exc_info=True)
+
+    def check(self) -> None:
+        if self.job.stop.is_set():
+            raise RunStopped(
+                f"the run was told to stop; clip {self.plan.clip_index} is left to the run that took over"
+            )
+        if self._lost.is_set():
+            raise ClipTakenOver(f"another run took clip {self.plan.clip_index} over")
+
+    # --- what the ledger and the clip's row say -------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Read the job's ledger again: this clip's rows for this plan, and every id the job knows."""
+        ledger = self.job.store.predictions(self.plan.job_id)
+        with self._lock:
+            self._known = frozenset(p.prediction_id for p in ledger)
+            self._rows = {
+                p.prediction_id: p
+                for p in ledger
+                if p.clip_index == self.plan.clip_index and p.plan_fingerprint == self.fingerprint
+            }
+
+    def record(self) -> ClipRecord | None:
+        records = self.job.store.clip_records(self.plan.job_id)
+        return next((r for r in records if r.clip_index == self.plan.clip_index), None)
+
+    def stored(self, record: ClipRecord | None) -> bool:
+        """Whether an earlier run stored this clip for this very plan."""
+        return bool(
+            record
+            and record.status == "success"
+            and record.video_path
+            and record.plan_fingerprint == self.fingerprint
+            and record.actual_duration is not None
+        )
+
+    def failed_for_good(self, record: ClipRecord | None) -> bool:
+        """Whether an earlier attempt of this plan failed in a way another would repeat (and the user did
+        not ask to try again)."""
+        return bool(
+            record
+            and record.status == "failed"
+            and record.failed_for_good
+            and record.plan_fingerprint == self.fingerprint
+            and not self.job.retry_failed
+        )
+
+    def cost(self) -> float:
+        """What this plan's predictions of the clip cost, over every attempt and run."""
+        with self._lock:
+            return billed(self._rows.values())
+
+    def prediction_ids(self) -> list[str]:
+        with self._lock:
+            return [p for p, r in self._rows.items() if r.status not in NOT_BILLED]
+
+    # --- PaidWork: what a provider calls ------------------------------------------------------------
+
+    def adoptable(self) -> list[str]:
+        with self._lock:
+            rows = [r for r in self._rows.values() if r.status in ADOPTABLE]
+        # Succeeded first (only a download away), then the newest in flight.
+        rows.sort(key=lambda r: (r.status != "succeeded", -(r.created_at or _EPOCH).timestamp()))
+        return [r.prediction_id for r in rows]
+
+    def lost_creates(self) -> list[Intent]:
+        with self._lock:
+            rows = [r for r in self._rows.values() if r.status == "intended"]
+            known = self._known
+        return [Intent(r.prediction_id, r.created_at or datetime.now(UTC), known) for r in rows]
+
+    def intend(self) -> Intent:
+        self.check()
+        sent_at = datetime.now(UTC)
+        intent = self._new_row(f"{INTENT_PREFIX}{uuid4()}", "intended", sent_at)
+        if not self.job.store.reserve_prediction(intent, self.job.budget_usd):
+            raise BudgetExceeded(
+                f"clip {self.plan.clip_index} needs ${self.plan.estimated_cost:.2f}, which would take the "
+                f"job past its budget of ${self.job.budget_usd:.2f} (counting every run's paid requests); "
+                "not creating it"
+            )
+        with self._lock:
+            self._rows[intent.prediction_id] = intent
+            known = self._known
+        return Intent(intent.prediction_id, sent_at, known)
+
+    def created(self, intent_id: str, prediction_id: str) -> None:
+        self._resolve(intent_id, prediction_id)
+
+    def found(self, intent_id: str, prediction_id: str) -> None:
+        log.warning(
+            "the lost create of clip %d made prediction %s; adopting it", self.plan.clip_index, prediction_id
+        )
+        self._resolve(intent_id, prediction_id)
+
+    def made_nothing(self, intent_id: str) -> None:
+        self._move(intent_id, "void")
+
+    def ended(self, prediction_id: str, status: RemoteStatus, error: str | None = None) -> None:
+        self._move(prediction_id, ended_status(status, wanted=True), error=error, remote=status)
+
+    def give_up(self, prediction_id: str, reason: str) -> None:
+        remote = self.job.cancel_remote(prediction_id)
+        self._move(
+            prediction_id, ended_status(remote or "canceled", wanted=False), error=reason, remote=remote
+        )
+
+    # --- what the pipeline calls ---------------------------------------------------------------------
+
+    def delivered(self, prediction_id: str | None) -> None:
+        if prediction_id is not None:
+            self._move(prediction_id, "delivered", error=None)
+
+    def rejected(self, prediction_id: str | None, error: str) -> None:
+        if prediction_id is not None:
+            self._move(prediction_id, "rejected", error=error)
+
+    # --- transitions ----------------------------------------------------------------------------------
+
+    def _new_row(
+        self, prediction_id: str, status: PredictionStatus, created_at: datetime
+    ) -> PredictionRecord:
+        return PredictionRecord(
+            prediction_id=prediction_id,
+            job_id=self.plan.job_id,
+            clip_index=self.plan.clip_index,
+            provider=self.job.provider.name,
+            model=self.plan.model,
+            plan_fingerprint=self.fingerprint,
+            run_id=self.job.owner,
+            status=status,
+            cost=self.plan.estimated_cost,
+            created_at=created_at,
+        )
+
+    def _resolve(self, intent_id: str, prediction_id: str) -> None:
+        """The intent becomes the prediction it made. A prediction nothing records is canceled at once:
+        no prediction may exist that nothing owns."""
+        with self._lock:
+            intent = self._rows.get(intent_id)
+        row = (intent or self._new_row(intent_id, "intended", datetime.now(UTC))).model_copy(
+            update={"prediction_id": prediction_id, "status": "created", "run_id": self.job.owner}
+        )
+        try:
+            _with_retries(
+                f"record prediction {prediction_id}", lambda: self.job.store.resolve_intent(intent_id, row)
+            )
+        except Exception:
+            log.error("could not record prediction %s; canceling it so nothing runs unowned", prediction_id)
+            self.job.cancel_remote(prediction_id)
+            raise
+        with self._lock:
+            self._rows.pop(intent_id, None)
+            self._rows[prediction_id] = row
+            self._known |= {prediction_id}
+
+    def _move(
+        self,
+        prediction_id: str,
+        status: PredictionStatus,
+        *,
+        error: str | None = None,
+        remote: str | None = None,
+    ) -> None:
+        with self._lock:
+            current = self._rows.get(prediction_id)
+        if current is None or current.status == status:
+            return
+        updated = _moved(current, status, error=error, remote=remote)
+        _with_retries(
+            f"record prediction {prediction_id} as {status}",
+            lambda: self.job.store.record_prediction(updated),
+        )
+        with self._lock:
+            self._rows[prediction_id] = updated
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _with_retries(what: str, write: Callable[[], object]) -> None:
+    """A ledger write, tried again a few times: losing it could mean paying twice."""
+    for attempt in range(1, LEDGER_WRITE_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except Exception:
+            if attempt == LEDGER_WRITE_ATTEMPTS:
+                raise
+            log.warning("%s failed (attempt %d of %d)", what, attempt, LEDGER_WRITE_ATTEMPTS, exc_info=True)
+            time.sleep(0.2 * 2 ** (attempt - 1))
