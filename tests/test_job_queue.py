@@ -388,13 +388,14 @@ def test_an_old_local_database_is_upgraded_in_place(tmp_path: Path) -> None:
     assert claimed(store).job_id == job_id
     [clip] = store.clip_records(job_id)  # the version-1 row is still there
     assert clip.status == "success" and clip.created_at == datetime(2026, 1, 1, tzinfo=UTC)
-    sent_at = datetime(2026, 11, 21, tzinfo=UTC)
     store.upsert_clip(
-        ClipRecord(job_id=job_id, clip_index=1, status="running", model="m", create_sent_at=sent_at)
+        ClipRecord(
+            job_id=job_id, clip_index=1, status="failed", model="m", metadata={"k": 1}, failed_for_good=True
+        )
     )
-    assert [c.create_sent_at for c in store.clip_records(job_id)] == [
-        None,
-        sent_at,
+    assert [(c.metadata, c.failed_for_good) for c in store.clip_records(job_id)] == [
+        ({}, False),
+        ({"k": 1}, True),
     ]  # columns of later versions
     with closing(sqlite3.connect(tmp_path / DB_FILENAME)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

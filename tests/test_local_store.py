@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
+from subprocess import PIPE
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 from uuid import UUID, uuid4
@@ -20,15 +22,17 @@ from uuid import UUID, uuid4
 import pytest
 
 from clipgen.stores.base import (
+    INTENT_PREFIX,
     THUMBNAIL_BUCKET,
     VIDEO_BUCKET,
     ClipRecord,
     ClipStore,
+    PredictionRecord,
     ThumbnailRecord,
     clip_object_path,
     thumbnail_object_path,
 )
-from clipgen.stores.local import SCHEMA_VERSION, LocalStore
+from clipgen.stores.local import _MIGRATIONS, DB_FILENAME, SCHEMA_VERSION, LocalStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,3 +294,122 @@ def test_other_process_writes_while_this_one_reads_and_writes(tmp_path: Path) ->
             time.sleep(0.005)
     assert proc.returncode == 0, log.read_text()
     assert len(seen) == 200 and seen == sorted(seen)
+
+
+OLD_TIME = "2026-11-21T00:00:00.000000+00:00"
+
+
+def test_a_version_4_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """v5 drops clips.create_sent_at, adds the lease, metadata and failed_for_good, and rebuilds the ledger
+    for its new statuses: rows, ids, times and index survive, and 'unused' becomes 'abandoned'."""
+    job_id = uuid4()
+    with closing(sqlite3.connect(tmp_path / DB_FILENAME)) as conn, conn:
+        for statements in _MIGRATIONS[:4]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO clips (job_id, clip_index, status, model, prediction_id, attempts, actual_duration, "
+            "video_path, cost, plan_fingerprint, create_sent_at, created_at, updated_at) VALUES (?, 0, "
+            "'success', 'veo-3.1', 'p1', 2, 5.04, 'v.mp4', 0.4, 'f1', ?, ?, ?)",
+            (str(job_id), OLD_TIME, OLD_TIME, OLD_TIME),
+        )
+        for prediction_id, status in (("p0", "unused"), ("p1", "delivered")):
+            conn.execute(
+                "INSERT INTO clip_predictions (prediction_id, job_id, clip_index, provider, model, "
+                "plan_fingerprint, status, cost, created_at, updated_at) "
+                "VALUES (?, ?, 0, 'replicate', 'veo-3.1', 'f1', ?, 0.4, ?, ?)",
+                (prediction_id, str(job_id), status, OLD_TIME, OLD_TIME),
+            )
+        conn.execute("PRAGMA user_version = 4")
+
+    store = LocalStore(tmp_path)
+    [clip] = store.clip_records(job_id)
+    assert (clip.status, clip.model, clip.prediction_id, clip.attempts, clip.actual_duration) == (
+        "success", "veo-3.1", "p1", 2, 5.04,
+    )  # fmt: skip
+    assert (clip.video_path, clip.cost, clip.plan_fingerprint) == ("v.mp4", 0.4, "f1")
+    assert (clip.metadata, clip.failed_for_good) == ({}, False)
+    assert (clip.lease_owner, clip.lease_expires_at) == (None, None)
+    assert clip.created_at == datetime(2026, 11, 21, tzinfo=UTC)
+    ledger = store.predictions(job_id)
+    assert [(r.prediction_id, r.status) for r in ledger] == [("p0", "abandoned"), ("p1", "delivered")]
+    assert {r.created_at for r in ledger} == {datetime(2026, 11, 21, tzinfo=UTC)}
+
+    # The new columns and statuses work, and new ledger rows come after the old ones.
+    assert store.take_clip_lease(job_id, 0, "run-a", 60, "veo-3.1")
+    intent = PredictionRecord(
+        prediction_id=f"{INTENT_PREFIX}{uuid4()}", job_id=job_id, clip_index=1, provider="replicate",
+        model="veo-3.1", plan_fingerprint="f2", status="intended", cost=0.4,
+    )  # fmt: skip
+    assert not store.reserve_prediction(intent, 1.1)  # 0.4 of p1 + 0.4 of p0: 'abandoned' was paid for too
+    assert store.reserve_prediction(intent, 1.2)
+    assert [r.prediction_id for r in store.predictions(job_id)] == ["p0", "p1", intent.prediction_id]
+    with closing(sqlite3.connect(tmp_path / DB_FILENAME)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(clips)")}
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(clip_predictions)")}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert "create_sent_at" not in columns
+    assert {"lease_owner", "lease_expires_at", "metadata", "failed_for_good"} <= columns
+    assert "clip_predictions_job" in indexes
+
+
+# Run by each racing process: wait for the start file, then try every clip's lease and a reservation per clip
+# (budget: 3 of them in all), and print what it got.
+_RACER = """
+import json, sys, time
+from pathlib import Path
+from uuid import UUID, uuid4
+from clipgen.stores.base import PredictionRecord
+from clipgen.stores.local import LocalStore
+
+data_dir, job_id, owner, clips = Path(sys.argv[1]), UUID(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+store = LocalStore(data_dir)
+store.events(job_id)  # the schema is ready before the start, so the race is the leases' alone
+(data_dir / f"ready-{owner}").touch()
+while not (data_dir / "go").exists():
+    time.sleep(0.001)
+leases = [i for i in range(clips) if store.take_clip_lease(job_id, i, owner, 60, "m")]
+reserved = [
+    i for i in range(clips)
+    if store.reserve_prediction(
+        PredictionRecord(prediction_id=f"intent:{uuid4()}", job_id=job_id, clip_index=i, provider="p",
+                         model="m", plan_fingerprint="f", run_id=owner, status="intended", cost=0.35),
+        0.35 * 3,
+    )
+]
+print(json.dumps({"leases": leases, "reserved": reserved}))
+"""
+
+
+def test_racing_processes_never_share_a_lease_or_overspend(tmp_path: Path) -> None:
+    job_id, owners, clips = uuid4(), ["proc-0", "proc-1", "proc-2"], 20
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", _RACER, str(tmp_path), str(job_id)]
+    procs = [
+        subprocess.Popen([*command, owner, str(clips)], env=env, stdout=PIPE, stderr=PIPE, text=True)
+        for owner in owners
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready-{owner}").exists() for owner in owners):
+            assert time.monotonic() < deadline, "the racers never got ready"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        (tmp_path / "go").touch()
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    results = [json.loads(out) for out, _ in outputs]
+
+    won = sorted(i for result in results for i in result["leases"])
+    assert won == list(range(clips))  # every clip's lease went to exactly one process
+    store = LocalStore(tmp_path)
+    holders = {r.clip_index: r.lease_owner for r in store.clip_records(job_id)}
+    assert holders == {
+        i: owner for owner, result in zip(owners, results, strict=True) for i in result["leases"]
+    }
+    assert sum(len(result["reserved"]) for result in results) == 3
+    assert len(store.predictions(job_id)) == 3

@@ -5,37 +5,45 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 from uuid import UUID, uuid4
 
 import httpx
 import pytest
 
-from clipgen.backends import close_quietly, open_store
 from clipgen.settings import Settings
 from clipgen.stores.base import (
+    INTENT_PREFIX,
     THUMBNAIL_BUCKET,
     VIDEO_BUCKET,
     ClipRecord,
     ClipStore,
+    PredictionRecord,
     ThumbnailRecord,
     clip_object_path,
     thumbnail_object_path,
 )
+from clipgen.stores.local import LocalStore
+from clipgen.stores.supabase import SupabaseStore
+
+T = TypeVar("T")
 
 
 @pytest.fixture(params=["local", "supabase"])
 def store(request: pytest.FixtureRequest, data_dir: Path) -> Iterator[ClipStore]:
-    if request.param == "supabase":
-        request.getfixturevalue("supabase_env")
-    opened = open_store(request.param, Settings())
+    # Built directly rather than through clipgen.backends: this suite is about the stores alone.
+    if request.param == "local":
+        yield LocalStore(data_dir)
+        return
+    request.getfixturevalue("supabase_env")
+    opened = SupabaseStore.from_settings(Settings())
     yield opened
-    close_quietly(opened)
+    opened.close()
 
 
 def read(url: str) -> bytes:
@@ -130,14 +138,14 @@ def test_signing_a_missing_object_fails(store: ClipStore) -> None:
 
 
 def test_supabase_store_creates_private_buckets_once_even_when_racing(supabase_env: Any) -> None:
-    stores = [open_store("supabase", Settings()) for _ in range(4)]
+    stores = [SupabaseStore.from_settings(Settings()) for _ in range(4)]
     supabase_env.storage.reset()  # no buckets: every store finds them missing and creates them at once
     try:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(lambda s: s._ensure_buckets(), stores))
     finally:
         for store in stores:
-            close_quietly(store)
+            store.close()
     assert {name: bucket["public"] for name, bucket in supabase_env.storage.buckets.items()} == {
         "video-clips": False,
         "clip-thumbnails": False,
@@ -176,8 +184,6 @@ def test_a_follower_never_skips_an_event_while_threads_append(store: ClipStore) 
 
 
 def test_the_prediction_ledger_keeps_every_paid_request_in_order(store: ClipStore) -> None:
-    from clipgen.stores.base import PredictionRecord
-
     job_id = uuid4()
     first = PredictionRecord(
         prediction_id=f"p-{uuid4().hex}", job_id=job_id, clip_index=1, provider="replicate", model="veo-3.1",
@@ -209,9 +215,224 @@ def test_a_clip_row_keeps_the_plan_it_was_made_for(store: ClipStore) -> None:
     assert [r.plan_fingerprint for r in store.clip_records(job_id)] == ["f1"]
 
 
-def test_a_clip_row_keeps_the_intent_of_an_unanswered_create_until_cleared(store: ClipStore) -> None:
-    job_id, sent_at = uuid4(), datetime(2026, 11, 21, 12, 0, 0, 250000, tzinfo=UTC)
-    store.upsert_clip(clip(job_id, 0, create_sent_at=sent_at))
-    assert [r.create_sent_at for r in store.clip_records(job_id)] == [sent_at]
-    store.upsert_clip(clip(job_id, 0, prediction_id="p1", create_sent_at=None))
-    assert [(r.prediction_id, r.create_sent_at) for r in store.clip_records(job_id)] == [("p1", None)]
+def test_a_clip_row_keeps_its_metadata_and_whether_it_failed_for_good(store: ClipStore) -> None:
+    job_id = uuid4()
+    metadata = {"provider": "replicate", "preview": {"width": 1280, "tags": ["a", 1, None]}, "ok": True}
+    store.upsert_clip(clip(job_id, 0, status="failed", metadata=metadata, failed_for_good=True, error="nsfw"))
+    store.upsert_clip(clip(job_id, 1))
+    first, second = store.clip_records(job_id)
+    assert (first.metadata, first.failed_for_good) == (metadata, True)
+    assert (second.metadata, second.failed_for_good) == ({}, False)  # the defaults
+
+    store.upsert_clip(clip(job_id, 0, status="success", metadata={"provider": "local"}))
+    assert [(r.metadata, r.failed_for_good) for r in store.clip_records(job_id)] == [
+        ({"provider": "local"}, False),
+        ({}, False),
+    ]
+
+
+# -- clip leases ------------------------------------------------------------------------------------------
+
+
+def lease(store: ClipStore, job_id: UUID, index: int = 0) -> tuple[str | None, datetime | None]:
+    [row] = [r for r in store.clip_records(job_id) if r.clip_index == index]
+    return row.lease_owner, row.lease_expires_at
+
+
+def race(threads: int, call: Callable[[int], T]) -> list[T]:
+    """`call(i)` in `threads` threads released at the same moment, so they really contend."""
+    start = threading.Barrier(threads, timeout=30)
+
+    def run(i: int) -> T:
+        start.wait()
+        return call(i)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(run, range(threads)))
+
+
+def test_a_lease_is_taken_refused_renewed_and_released(store: ClipStore) -> None:
+    job_id = uuid4()
+    before = datetime.now(UTC)
+    assert store.take_clip_lease(job_id, 0, "run-a", 60, "veo-3.1")
+    # The first take inserts the clip's row.
+    [row] = store.clip_records(job_id)
+    assert (row.status, row.model, row.attempts, row.lease_owner) == ("running", "veo-3.1", 0, "run-a")
+    assert row.lease_expires_at is not None
+    assert 55 < (row.lease_expires_at - before).total_seconds() < 65  # the store's clock: this machine's
+
+    assert not store.take_clip_lease(job_id, 0, "run-b", 60, "veo-3.1")  # a live lease of another run
+    assert not store.renew_clip_lease(job_id, 0, "run-b", 60)
+    store.release_clip_lease(job_id, 0, "run-b")  # not run-b's: a no-op
+    assert lease(store, job_id)[0] == "run-a"
+
+    time.sleep(0.01)
+    assert store.take_clip_lease(job_id, 0, "run-a", 60, "veo-3.1")  # again by its owner: renewed
+    renewed = lease(store, job_id)[1]
+    assert renewed is not None and renewed > row.lease_expires_at
+    assert store.renew_clip_lease(job_id, 0, "run-a", 120)
+    extended = lease(store, job_id)[1]
+    assert extended is not None and (extended - renewed).total_seconds() > 50
+
+    store.release_clip_lease(job_id, 0, "run-a")
+    assert lease(store, job_id) == (None, None)
+    assert not store.renew_clip_lease(job_id, 0, "run-a", 60)  # released: nothing left to renew
+    assert store.take_clip_lease(job_id, 0, "run-b", 60, "veo-3.1")
+    assert lease(store, job_id)[0] == "run-b"
+    assert len(store.clip_records(job_id)) == 1
+
+
+def test_taking_a_lease_on_a_stored_clip_changes_only_the_lease(store: ClipStore) -> None:
+    job_id = uuid4()
+    done = clip(job_id, 0, status="success", attempts=2, cost=0.35, video_path="p", metadata={"k": "v"})
+    store.upsert_clip(done)
+    assert store.take_clip_lease(job_id, 0, "run-a", 60, "other-model")
+    [row] = store.clip_records(job_id)
+    assert row.lease_owner == "run-a"
+    assert (row.status, row.model, row.attempts, row.cost, row.video_path, row.metadata) == (
+        "success", "m", 2, 0.35, "p", {"k": "v"},
+    )  # fmt: skip
+
+
+def test_an_expired_lease_is_taken_over_and_its_old_owner_loses_it(store: ClipStore) -> None:
+    job_id = uuid4()
+    assert store.take_clip_lease(job_id, 0, "run-a", 0.5, "m")
+    assert store.take_clip_lease(job_id, 1, "run-a", 0.5, "m")
+    time.sleep(1.0)
+    # Expired but not taken over: still its owner's to renew.
+    assert store.renew_clip_lease(job_id, 1, "run-a", 60)
+    assert lease(store, job_id, 1)[0] == "run-a"
+    # Expired: another run takes it; the old owner can neither renew nor release it any more.
+    assert store.take_clip_lease(job_id, 0, "run-b", 60, "m")
+    assert not store.renew_clip_lease(job_id, 0, "run-a", 60)
+    store.release_clip_lease(job_id, 0, "run-a")
+    assert lease(store, job_id, 0)[0] == "run-b"
+
+
+def test_upsert_clip_neither_writes_nor_clears_a_lease(store: ClipStore) -> None:
+    job_id = uuid4()
+    assert store.take_clip_lease(job_id, 0, "run-a", 60, "m")
+    held = lease(store, job_id)
+    # The flow writes the clip's progress while it holds the lease: the lease must survive every write,
+    # including one that carries (stale or forged) lease fields.
+    store.upsert_clip(clip(job_id, 0, status="success", attempts=1))
+    assert lease(store, job_id) == held
+    forged = {"lease_owner": "intruder", "lease_expires_at": datetime(2099, 1, 1, tzinfo=UTC)}
+    store.upsert_clip(clip(job_id, 0, status="success", attempts=2, **forged))
+    assert lease(store, job_id) == held
+    [row] = store.clip_records(job_id)
+    assert (row.status, row.attempts) == ("success", 2)  # the rest of the write went through
+    # A row first written by upsert_clip has no lease, whatever the record says.
+    store.upsert_clip(clip(job_id, 1, **forged))
+    assert lease(store, job_id, 1) == (None, None)
+
+
+def test_racing_runs_never_both_take_a_lease(store: ClipStore) -> None:
+    job_id, runs = uuid4(), 8
+    for index in range(5):
+
+        def take(i: int, index: int = index) -> bool:
+            return store.take_clip_lease(job_id, index, f"run-{i}", 60, "m")
+
+        taken = race(runs, take)
+        assert taken.count(True) == 1, taken
+        assert lease(store, job_id, index)[0] == f"run-{taken.index(True)}"
+    assert [r.clip_index for r in store.clip_records(job_id)] == [0, 1, 2, 3, 4]  # one row each
+
+
+# -- reservations and intents on the ledger ---------------------------------------------------------------
+
+
+def intent(job_id: UUID, cost: float = 0.35, index: int = 0) -> PredictionRecord:
+    return PredictionRecord(
+        prediction_id=f"{INTENT_PREFIX}{uuid4()}", job_id=job_id, clip_index=index, provider="replicate",
+        model="veo-3.1", plan_fingerprint="f", run_id="run-1", status="intended", cost=cost,
+    )  # fmt: skip
+
+
+def test_racing_reservations_never_pass_the_budget(store: ClipStore) -> None:
+    job_id = uuid4()
+    budget = 0.35 * 3  # exactly three reservations (the float sum rounds just below it)
+    reserved = race(8, lambda i: store.reserve_prediction(intent(job_id, index=i), budget))
+    assert reserved.count(True) == 3, reserved
+    rows = store.predictions(job_id)
+    assert len(rows) == 3 and {r.status for r in rows} == {"intended"}
+    assert sorted(r.clip_index for r in rows) == sorted(i for i, ok in enumerate(reserved) if ok)
+
+
+def test_a_reservation_counts_every_row_of_the_job_but_void_ones(store: ClipStore) -> None:
+    job_id = uuid4()
+    for status, cost in (("void", 5.0), ("failed", 0.2), ("delivered", 0.3)):
+        store.record_prediction(intent(job_id, cost).model_copy(update={"status": status}))
+    store.record_prediction(intent(uuid4(), 5.0))  # another job's spend is not this job's
+    assert store.reserve_prediction(intent(job_id, 0.4), 1.0)  # 0.2 + 0.3 + 0.4 <= 1.0
+    assert not store.reserve_prediction(intent(job_id, 0.2), 1.0)  # intended rows count: 0.9 + 0.2 > 1.0
+    assert store.reserve_prediction(intent(job_id, 0.1), 1.0)  # exactly the budget
+    assert not store.reserve_prediction(intent(job_id, 0.01), 1.0)
+    assert store.reserve_prediction(intent(job_id, 99.0), None)  # no budget: no limit, still recorded
+    assert [r.cost for r in store.predictions(job_id) if r.status == "intended"] == [0.4, 0.1, 99.0]
+
+
+def test_a_repeated_reservation_is_granted_once(store: ClipStore) -> None:
+    job_id = uuid4()
+    first = intent(job_id, 0.5)
+    assert store.reserve_prediction(first, 0.6)
+    # The same intent again (a retry after a lost answer): granted, not counted twice, not inserted twice.
+    assert store.reserve_prediction(first, 0.6)
+    assert [r.prediction_id for r in store.predictions(job_id)] == [first.prediction_id]
+
+
+def test_resolving_an_intent_keeps_its_place_and_creation_time(store: ClipStore) -> None:
+    job_id = uuid4()
+    pending = intent(job_id, 0.35)
+    assert store.reserve_prediction(pending, None)
+    later = intent(job_id, 0.2, index=1)
+    assert store.reserve_prediction(later, None)
+    [created_at, _] = [r.created_at for r in store.predictions(job_id)]
+    time.sleep(0.01)
+
+    made = pending.model_copy(update={"prediction_id": f"p-{uuid4().hex}", "status": "created", "cost": 0.4})
+    store.resolve_intent(pending.prediction_id, made)
+    rows = store.predictions(job_id)
+    assert [(r.prediction_id, r.status, r.cost) for r in rows] == [
+        (made.prediction_id, "created", 0.4),
+        (later.prediction_id, "intended", 0.2),
+    ]
+    assert rows[0].created_at == created_at
+    assert rows[0].updated_at is not None and created_at is not None and rows[0].updated_at > created_at
+
+    store.resolve_intent(pending.prediction_id, made)  # repeated: nothing changes but the time
+    assert [(r.prediction_id, r.created_at) for r in store.predictions(job_id)] == [
+        (made.prediction_id, created_at),
+        (later.prediction_id, rows[1].created_at),
+    ]
+
+
+def test_resolving_an_intent_whose_prediction_is_recorded_already_removes_the_intent(
+    store: ClipStore,
+) -> None:
+    job_id = uuid4()
+    recorded = PredictionRecord(
+        prediction_id=f"p-{uuid4().hex}", job_id=job_id, clip_index=0, provider="replicate", model="veo-3.1",
+        plan_fingerprint="f", status="created", cost=0.35,
+    )  # fmt: skip
+    store.record_prediction(recorded)
+    created_at = store.predictions(job_id)[0].created_at
+    pending = intent(job_id)
+    assert store.reserve_prediction(pending, None)
+
+    store.resolve_intent(pending.prediction_id, recorded.model_copy(update={"status": "succeeded"}))
+    [row] = store.predictions(job_id)
+    assert (row.prediction_id, row.status, row.created_at) == (
+        recorded.prediction_id,
+        "succeeded",
+        created_at,
+    )
+
+    # No intent row at all (it was resolved by another attempt): the record is written all the same.
+    other = recorded.model_copy(update={"prediction_id": f"p-{uuid4().hex}", "clip_index": 1})
+    store.resolve_intent(f"{INTENT_PREFIX}{uuid4()}", other)
+    assert [r.prediction_id for r in store.predictions(job_id)] == [
+        recorded.prediction_id,
+        other.prediction_id,
+    ]

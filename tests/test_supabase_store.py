@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,8 +23,9 @@ from clipgen.settings import Settings
 from supabase import Client, ClientOptions, create_client
 from tests.conftest import EXAMPLE_JOB
 from tests.doubles import ScriptedProvider
-from tests.stack.fixtures import SupabaseDb
+from tests.stack.fixtures import SupabaseDb, migration_files, prepare_database
 from tests.stack.gateway import ServerThread
+from tests.stack.postgres import PsqlError
 
 JOB_ID = "7d1c2a9e-4b6f-4f0e-9a51-3c2b8e1f0a66"
 TABLES = ("clips", "clip_thumbnails", "job_events")
@@ -56,8 +58,8 @@ def rows(stack: Any, table: str) -> list[dict[str, Any]]:
     with supabase(stack.url, stack.service_key) as client:
         # Ordered: without it PostgREST's rows come in no promised order.
         query = client.table(table).select("*").eq("job_id", JOB_ID).order("id")
-        data: list[dict[str, Any]] = query.execute().data
-    return data
+        data = query.execute().data
+    return cast(list[dict[str, Any]], data)  # PostgREST's rows; postgrest-py types them as any JSON
 
 
 def test_example_job_lands_in_both_buckets_and_all_three_tables(supabase_stack: Any, tmp_path: Path) -> None:
@@ -152,3 +154,77 @@ def test_serve_over_supabase_links_to_signed_storage_urls(
         assert clip["video_url"].startswith(f"{supabase_stack.url}/storage/v1/object/sign/video-clips/")
         assert httpx.get(clip["video_url"], timeout=10).content[4:8] == b"ftyp"
         assert httpx.get(clip["thumbnail_url"], timeout=10).content[:2] == b"\xff\xd8"
+
+
+def test_the_anon_key_cannot_call_the_paid_work_functions(supabase_stack: Any) -> None:
+    job = {"p_job_id": JOB_ID, "p_clip_index": 0, "p_owner": "evil"}
+    calls: dict[str, dict[str, Any]] = {
+        "take_clip_lease": {**job, "p_seconds": 60, "p_model": "m"},
+        "renew_clip_lease": {**job, "p_seconds": 60},
+        "release_clip_lease": job,
+        "reserve_prediction": {"p_record": {"job_id": JOB_ID}, "p_budget_usd": None},
+        "resolve_prediction_intent": {"p_intent_id": "intent:x", "p_record": {"job_id": JOB_ID}},
+    }
+    with supabase(supabase_stack.url, supabase_stack.anon_key) as anon:
+        for name, params in calls.items():
+            with pytest.raises(APIError) as refused:
+                anon.rpc(name, params).execute()
+            assert refused.value.code == "42501", name
+    assert rows(supabase_stack, "clips") == [] and rows(supabase_stack, "clip_predictions") == []
+
+
+def test_a_project_at_the_previous_migration_is_upgraded_in_place(supabase_db: SupabaseDb) -> None:
+    """20261202000000_paid_work.sql on a project that has data: clips keep their rows (create_sent_at
+    goes), the ledger keeps its rows with 'unused' renamed 'abandoned', and the new statuses are allowed."""
+    cluster, db = supabase_db.postgres, f"upgrade_{uuid.uuid4().hex[:8]}"
+    earlier = [path for path in migration_files() if path.name < "20261202000000"]
+    later = [path for path in migration_files() if path.name >= "20261202000000"]
+    cluster.psql(f"create database {db}")
+    try:
+        prepare_database(cluster, db)
+        for path in earlier:
+            cluster.psql(file=path, user="postgres", db=db)
+        cluster.psql(
+            "insert into public.clips (job_id, clip_index, status, model, prediction_id, attempts, cost, "
+            f"create_sent_at, created_at) values ('{JOB_ID}', 0, 'success', 'veo-3.1', 'p1', 2, 0.4, now(), "
+            "'2026-11-21T00:00:00Z');"
+            "insert into public.clip_predictions (prediction_id, job_id, clip_index, provider, model, "
+            f"plan_fingerprint, status, cost) values ('p0', '{JOB_ID}', 0, 'replicate', 'veo-3.1', 'f', "
+            f"'unused', 0.4), ('p1', '{JOB_ID}', 0, 'replicate', 'veo-3.1', 'f', 'delivered', 0.4)",
+            user="postgres",
+            db=db,
+        )
+        for path in later:
+            cluster.psql(file=path, user="postgres", db=db)
+
+        clip = cluster.psql(
+            "select concat_ws(',', status, model, prediction_id, attempts, cost, "
+            "created_at = '2026-11-21T00:00:00Z', metadata, failed_for_good, coalesce(lease_owner, '-')) "
+            "from public.clips",
+            db=db,
+        )
+        assert clip == "success,veo-3.1,p1,2,0.4,t,{},f,-"
+        ledger = cluster.psql(
+            "select string_agg(prediction_id || '=' || status, ',' order by id) from public.clip_predictions",
+            db=db,
+        )
+        assert ledger == "p0=abandoned,p1=delivered"
+        columns = cluster.psql(
+            "select count(*) from information_schema.columns where table_schema = 'public' "
+            "and table_name = 'clips' and column_name = 'create_sent_at'",
+            db=db,
+        )
+        assert columns == "0"
+        cluster.psql(
+            "insert into public.clip_predictions (prediction_id, job_id, clip_index, provider, model, "
+            f"plan_fingerprint, status) values ('intent:1', '{JOB_ID}', 1, 'replicate', 'veo-3.1', 'f', "
+            "'intended')",
+            user="postgres",
+            db=db,
+        )
+        with pytest.raises(PsqlError, match="clip_predictions_status_check"):
+            cluster.psql(
+                "update public.clip_predictions set status = 'unused' where prediction_id = 'p1'", db=db
+            )
+    finally:
+        cluster.psql(f"drop database {db} with (force)")

@@ -96,14 +96,43 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: the intent written before each paid create (ClipRecord.create_sent_at), _TIME_FORMAT text.
     ("ALTER TABLE clips ADD COLUMN create_sent_at TEXT",),
+    # 5: one owner of paid work. A clip's lease (owner run, _TIME_FORMAT expiry) replaces create_sent_at:
+    # the intent now lives on the ledger as an 'intended' row. The ledger's status CHECK can only change by
+    # rebuilding the table (SQLite cannot alter a constraint); ids are copied, so its order is kept.
+    (
+        "ALTER TABLE clips ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE clips ADD COLUMN lease_expires_at TEXT",
+        "ALTER TABLE clips ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metadata))",
+        "ALTER TABLE clips ADD COLUMN failed_for_good INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE clips DROP COLUMN create_sent_at",
+        """CREATE TABLE clip_predictions_v5 (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            prediction_id TEXT NOT NULL UNIQUE,
+            job_id TEXT NOT NULL, clip_index INTEGER NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+            plan_fingerprint TEXT NOT NULL, run_id TEXT,
+            status TEXT NOT NULL CHECK (status IN ('intended', 'void', 'created', 'succeeded', 'delivered',
+                'rejected', 'abandoned', 'failed', 'canceled')),
+            cost REAL NOT NULL DEFAULT 0, error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)""",
+        # 'unused' (a finished prediction whose output was never used) is now 'abandoned'.
+        """INSERT INTO clip_predictions_v5
+            SELECT id, prediction_id, job_id, clip_index, provider, model, plan_fingerprint, run_id,
+                   CASE status WHEN 'unused' THEN 'abandoned' ELSE status END,
+                   cost, error, created_at, updated_at
+            FROM clip_predictions""",
+        "DROP TABLE clip_predictions",
+        "ALTER TABLE clip_predictions_v5 RENAME TO clip_predictions",
+        "CREATE INDEX clip_predictions_job ON clip_predictions (job_id, id)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _CLIP_COLUMNS = (
     "job_id", "clip_index", "status", "model", "prediction_id", "attempts", "requested_duration",
     "target_duration", "actual_duration", "width", "height", "fps", "video_path", "cost", "error",
-    "plan_fingerprint", "create_sent_at",
+    "plan_fingerprint", "metadata", "failed_for_good",
 )  # fmt: skip
+# Read, never written by upsert_clip: only the lease calls below move a lease.
+_LEASE_COLUMNS = ("lease_owner", "lease_expires_at")
 _PREDICTION_COLUMNS = (
     "prediction_id", "job_id", "clip_index", "provider", "model", "plan_fingerprint", "run_id", "status",
     "cost", "error",
@@ -230,10 +259,11 @@ class LocalStore:
             self._ready = True
 
     def upsert_clip(self, record: ClipRecord) -> None:
-        params = record.model_dump(include=set(_CLIP_COLUMNS))
-        params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
-        if record.create_sent_at is not None:
-            params["create_sent_at"] = _iso(record.create_sent_at)
+        # mode="json": metadata is stored as the JSON the Supabase store would send (UUIDs, times as text).
+        params = record.model_dump(mode="json", include=set(_CLIP_COLUMNS))
+        params.update(
+            metadata=json.dumps(params["metadata"]), created_at=_iso(record.created_at), updated_at=_now()
+        )
         with closing(self._connect()) as conn, conn:
             conn.execute(_UPSERT_CLIP, params)
 
@@ -264,18 +294,16 @@ class LocalStore:
         return [StoredEvent.model_validate({**dict(row), "data": json.loads(row["data"])}) for row in rows]
 
     def clip_records(self, job_id: UUID) -> list[ClipRecord]:
-        rows = self._job_rows("clips", (*_CLIP_COLUMNS, "created_at", "updated_at"), job_id)
-        return [ClipRecord.model_validate(row) for row in rows]
+        rows = self._job_rows("clips", (*_CLIP_COLUMNS, *_LEASE_COLUMNS, "created_at", "updated_at"), job_id)
+        return [ClipRecord.model_validate({**row, "metadata": json.loads(row["metadata"])}) for row in rows]
 
     def thumbnail_records(self, job_id: UUID) -> list[ThumbnailRecord]:
         rows = self._job_rows("clip_thumbnails", (*_THUMBNAIL_COLUMNS, "created_at"), job_id)
         return [ThumbnailRecord.model_validate(row) for row in rows]
 
     def record_prediction(self, record: PredictionRecord) -> None:
-        params = record.model_dump(include=set(_PREDICTION_COLUMNS))
-        params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
         with closing(self._connect()) as conn, conn:
-            conn.execute(_UPSERT_PREDICTION, params)
+            conn.execute(_UPSERT_PREDICTION, _prediction_params(record))
 
     def predictions(self, job_id: UUID) -> list[PredictionRecord]:
         columns = (*_PREDICTION_COLUMNS, "created_at", "updated_at")
@@ -292,11 +320,9 @@ class LocalStore:
             ).fetchall()
         return [dict(row) for row in rows]
 
-    # -- job queue (clipgen/stores/queue.py) ---------------------------------------------------------
-    # Each operation is one BEGIN IMMEDIATE transaction: it holds SQLite's single write lock from its first
-    # read, so no other thread or process can claim, finish or re-queue the same row in between.
-
     def _write(self) -> sqlite3.Connection:
+        """A connection inside BEGIN IMMEDIATE: it holds SQLite's single write lock from its first read, so
+        no other thread or process writes between what it reads and what it writes."""
         conn = self._connect()
         try:
             conn.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the write lock
@@ -304,6 +330,57 @@ class LocalStore:
             conn.close()
             raise
         return conn
+
+    # -- paid work: budget reservations on the ledger, clip leases ------------------------------------
+    # Each call is one _write() transaction, so two runs of a job can neither both take the last of its
+    # budget nor both take one clip. Times are this machine's clock (UTC, _TIME_FORMAT: text order is time
+    # order), which every process sharing this file shares.
+
+    def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
+        with closing(self._write()) as conn, conn:
+            if _has_prediction(conn, record.prediction_id):
+                return True  # a repeated call: this intent was reserved already (the Supabase store's retry)
+            committed = _committed_spend(conn, record.job_id)
+            if budget_usd is not None and committed + record.cost > budget_usd + _SPEND_EPSILON:
+                return False
+            conn.execute(_UPSERT_PREDICTION, _prediction_params(record))
+            return True
+
+    def resolve_intent(self, intent_id: str, record: PredictionRecord) -> None:
+        params = _prediction_params(record)
+        with closing(self._write()) as conn, conn:
+            new = intent_id != record.prediction_id and not _has_prediction(conn, record.prediction_id)
+            # A new prediction takes over its intent's row: the row's id (place on the ledger) and created_at.
+            if new and conn.execute(_RESOLVE_INTENT, {**params, "intent_id": intent_id}).rowcount == 1:
+                return
+            # No intent row, or the prediction is on the ledger already (recorded by an earlier try).
+            conn.execute(_UPSERT_PREDICTION, params)
+            if intent_id != record.prediction_id:
+                conn.execute("DELETE FROM clip_predictions WHERE prediction_id = ?", (intent_id,))
+
+    def take_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float, model: str) -> bool:
+        check_lease(seconds)
+        with closing(self._write()) as conn, conn:
+            now = datetime.now(UTC)
+            params = _lease_params(job_id, clip_index, owner, now, seconds)
+            return conn.execute(_TAKE_LEASE, {**params, "model": model}).rowcount == 1
+
+    def renew_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float) -> bool:
+        check_lease(seconds)
+        with closing(self._write()) as conn, conn:
+            params = _lease_params(job_id, clip_index, owner, datetime.now(UTC), seconds)
+            return conn.execute(_RENEW_LEASE, params).rowcount == 1
+
+    def release_clip_lease(self, job_id: UUID, clip_index: int, owner: str) -> None:
+        with closing(self._write()) as conn, conn:
+            conn.execute(
+                "UPDATE clips SET lease_owner = NULL, lease_expires_at = NULL "
+                "WHERE job_id = ? AND clip_index = ? AND lease_owner = ?",
+                (str(job_id), clip_index, owner),
+            )
+
+    # -- job queue (clipgen/stores/queue.py): each operation is one _write() transaction, so no other
+    # thread or process can claim, finish or re-queue the same row in between.
 
     def enqueue_job(
         self,
@@ -415,6 +492,63 @@ class LocalStore:
         with closing(self._connect()) as conn:
             row = _job_row(conn, job_id)
         return None if row is None else _queued_job(row)
+
+
+# Money compares with a little slack, so a budget of exactly 3 reservations is not refused the third by a
+# rounding error in the sum (the same slack as the Supabase store's reserve_prediction).
+_SPEND_EPSILON = 1e-9
+# The intent row takes the prediction's id and fields; created_at is not in the SET, so it stays.
+_RESOLVE_INTENT = (
+    f"UPDATE clip_predictions SET {', '.join(f'{c} = :{c}' for c in _PREDICTION_COLUMNS)}, "
+    "updated_at = :updated_at WHERE prediction_id = :intent_id"
+)
+# Insert the clip's row, or take its lease when free, expired or already the owner's. When another owner
+# holds a live lease the DO UPDATE's WHERE is false and nothing changes: rowcount 0. Only the lease columns
+# change on a row that exists: its status, attempts and clip stay as they are.
+_TAKE_LEASE = (
+    "INSERT INTO clips (job_id, clip_index, status, model, attempts, lease_owner, lease_expires_at, "
+    "created_at, updated_at) "
+    "VALUES (:job_id, :clip_index, 'running', :model, 0, :owner, :expires, :now, :now) "
+    "ON CONFLICT (job_id, clip_index) DO UPDATE SET lease_owner = excluded.lease_owner, "
+    "lease_expires_at = excluded.lease_expires_at "
+    "WHERE clips.lease_owner IS NULL OR clips.lease_owner = excluded.lease_owner "
+    "OR clips.lease_expires_at < :now"
+)
+# Only while the owner still holds it; an expired lease nobody has taken over is still held.
+_RENEW_LEASE = (
+    "UPDATE clips SET lease_expires_at = :expires "
+    "WHERE job_id = :job_id AND clip_index = :clip_index AND lease_owner = :owner"
+)
+
+
+def _prediction_params(record: PredictionRecord) -> dict[str, Any]:
+    params = record.model_dump(include=set(_PREDICTION_COLUMNS))
+    params.update(job_id=str(record.job_id), created_at=_iso(record.created_at), updated_at=_now())
+    return params
+
+
+def _has_prediction(conn: sqlite3.Connection, prediction_id: str) -> bool:
+    row = conn.execute("SELECT 1 FROM clip_predictions WHERE prediction_id = ?", (prediction_id,)).fetchone()
+    return row is not None
+
+
+def _committed_spend(conn: sqlite3.Connection, job_id: UUID) -> float:
+    """What the job's ledger commits: every row but void ones (intended included: it may be paid)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(cost), 0.0) FROM clip_predictions WHERE job_id = ? AND status != 'void'",
+        (str(job_id),),
+    ).fetchone()
+    return float(row[0])
+
+
+def _lease_params(job_id: UUID, clip_index: int, owner: str, now: datetime, seconds: float) -> dict[str, Any]:
+    return {
+        "job_id": str(job_id),
+        "clip_index": clip_index,
+        "owner": owner,
+        "now": _iso(now),
+        "expires": _iso(now + timedelta(seconds=seconds)),
+    }
 
 
 # Re-queue a job that is not running under a live lease: a fresh start that keeps created_at (its place).

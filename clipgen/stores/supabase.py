@@ -55,6 +55,8 @@ _TRANSIENT_SQL = ("PGRST00", "08", "40", "53", "57")
 # What enqueue_video_job raises for a job running under a live lease (20261121010000_video_jobs.sql).
 _JOB_BUSY_SQLSTATE = "VJ001"
 _FINISHED: TypeAdapter[JobStatus | None] = TypeAdapter(JobStatus | None)
+# ClipRecord fields upsert_clip never writes (the lease functions own them).
+_LEASE_FIELDS = ("lease_owner", "lease_expires_at")
 
 
 class SupabaseStore:
@@ -137,7 +139,9 @@ class SupabaseStore:
     # --- records -----------------------------------------------------------------------------------------
 
     def upsert_clip(self, record: ClipRecord) -> None:
-        row = _row(record, exclude={"created_at"} if record.created_at is None else set())
+        # The lease columns are left out, so the upsert neither sets nor clears them: only the lease calls do.
+        exclude = {*_LEASE_FIELDS, *({"created_at"} if record.created_at is None else set())}
+        row = _row(record, exclude=exclude)
         row["updated_at"] = datetime.now(UTC).isoformat()
         self._upsert("clips", row)
 
@@ -184,6 +188,38 @@ class SupabaseStore:
         return [
             PredictionRecord.model_validate(row) for row in _retry("read predictions", query.execute).data
         ]
+
+    # --- paid work, through the functions of 20261202000000_paid_work.sql -----------------------------------
+    # Each is one statement or one transaction in the database, with the database's clock. A retry after a
+    # lost response may repeat a call that did commit: a repeated reservation finds its row and answers True
+    # again, a repeated resolve finds the prediction recorded, and a repeated take or renew finds the lease
+    # already the owner's (renewed once more). A repeated release is a no-op.
+
+    def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
+        params = {"p_record": _row(record, exclude=set()), "p_budget_usd": budget_usd}
+        call = self._client.rpc("reserve_prediction", params)
+        return _retry(f"reserve {record.prediction_id}", call.execute).data is True
+
+    def resolve_intent(self, intent_id: str, record: PredictionRecord) -> None:
+        params = {"p_intent_id": intent_id, "p_record": _row(record, exclude=set())}
+        call = self._client.rpc("resolve_prediction_intent", params)
+        _retry(f"resolve {intent_id} as {record.prediction_id}", call.execute)
+
+    def take_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float, model: str) -> bool:
+        check_lease(seconds)
+        params = {**_lease_params(job_id, clip_index, owner), "p_seconds": seconds, "p_model": model}
+        call = self._client.rpc("take_clip_lease", params)
+        return _retry(f"take lease on clip {clip_index} of {job_id}", call.execute).data is True
+
+    def renew_clip_lease(self, job_id: UUID, clip_index: int, owner: str, seconds: float) -> bool:
+        check_lease(seconds)
+        params = {**_lease_params(job_id, clip_index, owner), "p_seconds": seconds}
+        call = self._client.rpc("renew_clip_lease", params)
+        return _retry(f"renew lease on clip {clip_index} of {job_id}", call.execute).data is True
+
+    def release_clip_lease(self, job_id: UUID, clip_index: int, owner: str) -> None:
+        call = self._client.rpc("release_clip_lease", _lease_params(job_id, clip_index, owner))
+        _retry(f"release lease on clip {clip_index} of {job_id}", call.execute)
 
     # --- job queue (clipgen/stores/queue.py), through the functions of 20261121010000_video_jobs.sql -------
     # Times are the database's (now()), so workers on machines with skewed clocks still agree on leases.
@@ -248,6 +284,10 @@ class SupabaseStore:
         query = self._client.table("video_jobs").select("*").eq("job_id", str(job_id))
         rows = _rows(_retry(f"read job {job_id}", query.execute).data)
         return QueuedJob.model_validate(rows[0]) if rows else None
+
+
+def _lease_params(job_id: UUID, clip_index: int, owner: str) -> dict[str, Any]:
+    return {"p_job_id": str(job_id), "p_clip_index": clip_index, "p_owner": owner}
 
 
 def _rows(data: Any) -> list[dict[str, Any]]:
