@@ -19,7 +19,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from uuid import uuid4
 
 from benchmarks.common import (
@@ -39,7 +38,7 @@ from clipgen.backends import register_provider
 from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.media import make_thumbnail, probe
 from clipgen.planning import ClipPlan
-from clipgen.providers.base import Generation
+from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 from clipgen.stores.base import VIDEO_BUCKET, ClipRecord, PredictionRecord
 from clipgen.stores.local import LocalStore
 
@@ -55,15 +54,15 @@ class InstantProvider:
     def __init__(self, source: Path) -> None:
         self.source = source
 
-    def generate(self, plan: ClipPlan, dest: Path, **_: Any) -> Generation:
+    def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
         # Written next to `dest` and renamed, as the protocol asks (never a half-written file at `dest`).
-        # Other keywords (resume, on_created, ...) are about paid requests, which this provider never makes.
+        # `work` is about paid requests, which this provider never makes.
         part = dest.with_name(f".{dest.name}.part")
         shutil.copyfile(self.source, part)
         os.replace(part, dest)
         return Generation(metadata={"provider": self.name})
 
-    def cancel(self, prediction_id: str) -> str | None:
+    def cancel(self, prediction_id: str) -> RemoteStatus | None:
         return None
 
 
@@ -157,8 +156,9 @@ def measure_thumbnails(detailed: Path, plain: Path, root: Path, calls: int, repe
 def step_costs(root: Path, reference_clip: Path, repeat: int) -> dict[str, float]:
     """Median milliseconds of each store and media step a clip takes, alone, on a fresh local store.
 
-    A clip from Replicate makes about: 5 clip-row writes, 2 ledger writes, 3 ledger reads, 2 clip-row
-    reads, a probe, a video upload, a progress event; its thumbnail a JPEG, an upload, a row and an event.
+    A clip from Replicate makes about: 3 clip-row writes, 2 lease writes (take, release), 4 ledger writes
+    (intend, resolve, succeeded, delivered), 2 ledger reads, 2 clip-row reads, a probe, a video upload, a
+    progress event; its thumbnail a JPEG, an upload, a row and an event.
     """
     store = LocalStore(root / "data")
     job_id = uuid4()

@@ -54,6 +54,7 @@ def _supabase_store(settings: Settings) -> ClipStore:
 _providers: dict[str, ProviderFactory] = {"local": _local_provider, "replicate": _replicate_provider}
 _stores: dict[str, StoreFactory] = {"local": _local_store, "supabase": _supabase_store}
 _by_run: dict[UUID, Backends] = {}
+_stopped_jobs: set[UUID] = set()
 _lock = threading.Lock()
 
 
@@ -132,6 +133,8 @@ def run_backends(
         raise
     with _lock:
         _by_run[run_id] = backends
+        if job_id in _stopped_jobs:
+            work.stop.set()
     try:
         yield backends
     finally:
@@ -148,14 +151,21 @@ def backends_of_run(run_id: UUID) -> Backends:
             raise LookupError(f"no backends are open for flow run {run_id}") from None
 
 
-def stop_runs_of_job(job_id: UUID) -> int:
-    """Tell every run of `job_id` in this process to stop working on it (its queue run lost the job's
-    lease): clips not yet paid for are not started, and predictions are left to the run that took over."""
+def stop_runs_of_job(job_id: UUID) -> None:
+    """Tell every run of `job_id` in this process, and any started later, to stop working on it (its queue
+    run lost the job's lease): clips not yet paid for are not started, and predictions are left to the run
+    that took over. Until `allow_runs_of_job`."""
     with _lock:
+        _stopped_jobs.add(job_id)
         runs = [backends for backends in _by_run.values() if backends.job_id == job_id]
     for backends in runs:
         backends.work.stop.set()
-    return len(runs)
+
+
+def allow_runs_of_job(job_id: UUID) -> None:
+    """A fresh claim on the job: its runs may work again."""
+    with _lock:
+        _stopped_jobs.discard(job_id)
 
 
 def close_quietly(resource: object) -> None:

@@ -1,7 +1,7 @@
 """The `video-generator` command.
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
-        [--store local|supabase] [--concurrency N] [--min-success N] [--output OUT.json]
+        [--store local|supabase] [--concurrency N] [--min-success N] [--retry-failed] [--output OUT.json]
     video-generator submit JOB.json [--model KEY] [--aspect-ratio R] [--store local|supabase]
         [--concurrency N] [--min-success N] [--max-attempts N]
     video-generator setup-prefect [--work-pool NAME] [--prediction-limit N]

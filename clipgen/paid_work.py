@@ -259,21 +259,31 @@ class ClipWork:
     # --- the lease ----------------------------------------------------------------------------------
 
     @contextmanager
-    def hold(self) -> Iterator[None]:
+    def hold(self, keep_for: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
         """Work the clip under its lease: wait while another run holds it, renew it while working, give it
-        back at the end. The ledger is read again once the lease is ours: the last holder may have moved."""
+        back at the end. The ledger is read again once the lease is ours: the last holder may have moved.
+
+        After an error `keep_for` accepts (one this run will retry), the lease is kept, unrenewed, for the
+        retry to take again: between attempts the clip and its predictions stay this run's.
+        """
         self._take_lease()
         self._lost.clear()
         done = threading.Event()
         keeper = threading.Thread(target=self._keep_lease, args=(done,), daemon=True)
         keeper.start()
+        keep = False
         try:
+            self.check()  # a run told to stop starts no clip
             self.refresh()
             yield
+        except BaseException as exc:
+            keep = keep_for(exc)
+            raise
         finally:
             done.set()
             keeper.join()
-            self._release_lease()
+            if not keep:
+                self._release_lease()
 
     def _take_lease(self) -> None:
         store, plan, job = self.job.store, self.plan, self.job

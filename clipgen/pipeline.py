@@ -108,7 +108,7 @@ def produce_clip(
     """
     began = time.monotonic()
     store = work.job.store
-    with work.hold():
+    with work.hold(keep_for=attempt.retries_after):
         record = work.record()
         if record and work.stored(record) and (reused := _reused_clip(plan, store, work, record)):
             return reused

@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import pydantic
 
-from clipgen.backends import stop_runs_of_job
+from clipgen.backends import allow_runs_of_job, stop_runs_of_job
 from clipgen.errors import PermanentError, ValidationError
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.planning import pydantic_problems
@@ -120,6 +120,7 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._keep, name=f"lease-{row.job_id}", daemon=True)
 
     def __enter__(self) -> Self:
+        allow_runs_of_job(self._job_id)
         self._thread.start()
         return self
 

@@ -11,7 +11,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from clipgen.backends import register_provider
+from clipgen.backends import register_provider, register_store
 from clipgen.cli import main
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
@@ -179,3 +179,30 @@ def test_a_running_job_cannot_be_resubmitted(tmp_path: Path, capsys: pytest.Capt
     assert store().claim_job("someone", lease_seconds=60) is not None
     assert submit(tmp_path, job) == 1
     assert "running" in capsys.readouterr().err
+
+
+class LosesEveryClaim(LocalStore):
+    """The real local store, where another run takes the job over as soon as this one holds it: every renewal
+    of the claim is refused, as after a stall longer than the lease."""
+
+    def renew_claim(self, job_id: UUID, claim_token: UUID, lease_seconds: float) -> bool:
+        return False
+
+
+def test_a_queue_run_that_loses_its_job_stops_working_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    register_store("loses-every-claim", lambda settings: LosesEveryClaim(settings.data_dir))
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_LEASE_SECONDS", "1.5")
+    job = job_dict(n=4)
+    assert submit(tmp_path, job, "--concurrency", "1") == 0
+    provider = ScriptedProvider(delay_s=1.0)  # the first renewal (0.5 s in) is refused mid-clip
+
+    state = process_job_queue(provider=scripted(provider), store="loses-every-claim", return_state=True)
+
+    # A clip under way may finish (it may already be paid for); no clip is started after the claim is lost,
+    # and the run that took the job over is left to do them.
+    assert sum(provider.calls.values()) <= 1, provider.calls
+    assert state.message == "1 job: 1 lost"
+    stored = [r for r in store().clip_records(UUID(job["job_id"])) if r.status == "success"]
+    assert len(stored) <= 1
