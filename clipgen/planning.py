@@ -152,8 +152,9 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
         raise ValidationError(problems)
 
     clips: list[ClipPlan] = []
+    resolved: dict[str, str | None] = {}  # shared by the clips: each distinct reference is resolved once
     for position, prompt in enumerate(job.clip_prompts):
-        images, image_problems = _resolve_images(position, prompt, resolve)
+        images, image_problems = _resolve_images(position, prompt, resolve, resolved)
         problems += image_problems
         seconds = requested_duration(spec, prompt.duration, options.duration_buffer)
         clips.append(
@@ -197,17 +198,23 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
 
 
 def _resolve_images(
-    position: int, prompt: ClipPrompt, resolve: Resolver
+    position: int, prompt: ClipPrompt, resolve: Resolver, resolved: dict[str, str | None]
 ) -> tuple[dict[str, Any], list[Problem]]:
+    """The clip's images as local paths. `resolved` (reference -> path, None if refused) spans the job."""
     where = f"clip_prompts[{position}]"
     problems: list[Problem] = []
 
     def one(ref: str, field: str) -> str | None:
-        try:
-            return str(resolve(ref, field))
-        except ValidationError as exc:
-            problems.extend(exc.problems)
-            return None
+        # Once per job, not per use: resolving revalidates a URL over the network and may decode the image,
+        # so 20 clips sharing a scene make one request. A refused reference is reported once, for the first
+        # field that used it.
+        if ref not in resolved:
+            try:
+                resolved[ref] = str(resolve(ref, field))
+            except ValidationError as exc:
+                problems.extend(exc.problems)
+                resolved[ref] = None
+        return resolved[ref]
 
     scene = (
         one(prompt.scene_reference_url, f"{where}.scene_reference_url")

@@ -1,8 +1,11 @@
 """Reference images: http(s) URLs, data URIs and (when allowed) file paths, checked and made local before any
 paid call.
 
-Each reference is fetched once, verified to decode as an image, and kept in a content-addressed cache so
-the renderer (or a later upload to a provider) reads a local file instead of fetching again.
+Each reference is verified to decode as an image and kept in a content-addressed cache (the file name is
+the sha256 of the bytes), so the renderer (or a later upload to a provider) reads a local file, and a changed
+image is a new file: the plan fingerprint, which hashes each file once per path, sees the change. An http(s)
+reference is revalidated on every resolve with a conditional GET (ETag / Last-Modified, kept in a small
+entry per URL); a server that offers neither is fetched again each time, and its body compared by hash.
 
 Jobs come from the Prefect UI, the API and a queue table any app can insert into, so a reference is
 untrusted input:
@@ -25,14 +28,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import ipaddress
+import json
 import os
+import re
 import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -54,7 +59,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ReferencePolicy:
     """What a job's references may point at; from the settings unless given."""
 
@@ -72,31 +77,37 @@ class ReferencePolicy:
 
 
 def resolve_reference(ref: str, field: str, cache_dir: Path, policy: ReferencePolicy | None = None) -> Path:
-    """A local path to a verified image for `ref`, or ValidationError naming `field`."""
+    """A local path to a verified image for `ref`, or ValidationError naming `field`.
+
+    For http(s) and data: references the path is content-addressed: the same bytes give the same path, other
+    bytes another path, and the file at a path never changes.
+    """
     policy = policy or ReferencePolicy.from_settings()
     try:
         scheme = urlsplit(ref).scheme.lower()
     except ValueError as exc:  # the job model refuses these first; a direct caller gets the same answer
         raise ValidationError.one(field, f"not a URL or data: URI ({exc})") from None
     if scheme in ("http", "https"):
-        # The policy is part of the key: what was fetched while loopback was allowed is not reused after.
-        key = f"{ref}\nallow_loopback={policy.allow_loopback}"
-        path = _cached(cache_dir, key, lambda: _download(ref, field, policy.allow_loopback))
-    elif scheme == "data":
-        path = _cached(cache_dir, ref, lambda: _decode_data_uri(ref, field))
-    elif scheme == "file" or not scheme:
-        if not policy.allow_files:
-            raise ValidationError.one(
-                field,
-                f"file references are refused: {short_ref(ref)} would be read on the worker. Use an http(s) "
-                "URL or a data: URI (the video-generator CLI inlines files as data: URIs), or set "
-                "VIDEO_GENERATOR_ALLOW_FILE_REFERENCES=true on the worker to allow file paths",
-            )
-        path = Path(unquote(urlsplit(ref).path)) if scheme == "file" else Path(ref).expanduser()
-    else:
+        return _resolve_url(ref, field, cache_dir, policy.allow_loopback).resolve()
+    if scheme == "data":
+        return _store_verified(cache_dir, _decode_data_uri(ref, field), field, "the data URI").resolve()
+    if scheme == "file" or not scheme:
+        return _resolve_file(ref, scheme, field, policy)
+    raise ValidationError.one(
+        field, f"unsupported reference {short_ref(ref)!r}: use an http(s) URL or a data: URI"
+    )
+
+
+def _resolve_file(ref: str, scheme: str, field: str, policy: ReferencePolicy) -> Path:
+    """A file on the worker, used in place (not copied) and so verified on every resolve."""
+    if not policy.allow_files:
         raise ValidationError.one(
-            field, f"unsupported reference {short_ref(ref)!r}: use an http(s) URL or a data: URI"
+            field,
+            f"file references are refused: {short_ref(ref)} would be read on the worker. Use an http(s) "
+            "URL or a data: URI (the video-generator CLI inlines files as data: URIs), or set "
+            "VIDEO_GENERATOR_ALLOW_FILE_REFERENCES=true on the worker to allow file paths",
         )
+    path = Path(unquote(urlsplit(ref).path)) if scheme == "file" else Path(ref).expanduser()
     try:
         found = path.is_file()
     except (OSError, ValueError):  # ValueError: a NUL in the path
@@ -228,25 +239,148 @@ class _PinnedTransport(httpx.BaseTransport):
         self._inner.close()
 
 
-def _cached(cache_dir: Path, key: str, fetch: Callable[[], bytes]) -> Path:
-    path = cache_dir / hashlib.sha256(key.encode()).hexdigest()[:40]
+# --- the cache: content files, and one entry per URL ------------------------------------------------------
+
+_CONTENT_NAME = re.compile(r"sha256-[0-9a-f]{64}")
+_VALIDATOR = re.compile(r"[\x20-\x7e]{1,1024}")
+"""What a validator is sent back only if it looks like: printable ASCII. Another one could not be sent as a
+header (the GET would fail every time, never replacing it), so it is dropped and the body compared instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """What the cache knows of a URL: the content of its last 200, and the validators to ask if it changed."""
+
+    content: str
+    """The content file's name in the cache directory, sha256-<hex>."""
+    answered_by: str
+    """sha256 of the hop that answered (after redirects): its validators describe that resource only. A
+    digest, so that a URL's credentials or signed query are not written to disk."""
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def conditions(self) -> dict[str, str]:
+        """The headers of a conditional GET; empty when the server gave no validators."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    """A 200: the body, the hop that sent it and its validators."""
+
+    body: bytes
+    url: str
+    etag: str | None
+    last_modified: str | None
+
+
+def _resolve_url(url: str, field: str, cache_dir: Path, allow_loopback: bool) -> Path:
+    """The content file for `url` as the server has it now, revalidated on every call.
+
+    When the server cannot be reached (or refuses), this raises as if nothing were cached: a reference that
+    cannot be checked now is not silently taken to be the image fetched last time, which may have changed.
+    """
+    # The policy is part of the key: what was fetched while loopback was allowed is not reused after.
+    key = f"{url}\nallow_loopback={allow_loopback}"
+    entry_path = cache_dir / f"url-{_sha256(key)[:40]}.json"
+    entry = _read_entry(entry_path, cache_dir)
+    fetched = _download(url, field, allow_loopback, entry)
+    if fetched is None:  # 304: what the entry points at is current
+        assert entry is not None  # _download answers None only to a conditional request
+        content = cache_dir / entry.content
+        if content.is_file():
+            return content
+        # Removed between the check above and the answer: ask again, unconditionally this time.
+        fetched = _download(url, field, allow_loopback, None)
+        assert fetched is not None
+    path = _store_verified(cache_dir, fetched.body, field, short_ref(url))
+    entry = _Entry(
+        path.name, _sha256(fetched.url), _validator(fetched.etag), _validator(fetched.last_modified)
+    )
+    _write_atomically(entry_path, json.dumps(dataclasses.asdict(entry)).encode())
+    return path
+
+
+def _read_entry(entry_path: Path, cache_dir: Path) -> _Entry | None:
+    """The entry for a URL, or None (so the next GET is unconditional) if it is missing, unreadable or points
+    at a content file that is gone."""
+    try:
+        entry = _Entry(**json.loads(entry_path.read_bytes()))
+    except (OSError, ValueError, TypeError):  # TypeError: not an object, or other keys
+        return None
+    validators = (entry.etag, entry.last_modified)
+    if not all(
+        isinstance(text, str) for text in (entry.content, entry.answered_by, *filter(None, validators))
+    ):
+        return None
+    # The name is checked so that an edited entry cannot point outside the cache directory.
+    if not _CONTENT_NAME.fullmatch(entry.content):
+        return None
+    return entry if (cache_dir / entry.content).is_file() else None
+
+
+def _validator(value: str | None) -> str | None:
+    return value if value is not None and _VALIDATOR.fullmatch(value) else None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _store_verified(cache_dir: Path, data: bytes, field: str, shown: str) -> Path:
+    """`data` under its content name, once it has decoded as an image; ValidationError naming `field` if not.
+
+    A file appears under a content name only after it was verified, and holds exactly the bytes its name
+    says, so finding it is proof enough: the same image is not decoded again (20 clips, many reruns).
+    """
+    path = cache_dir / f"sha256-{hashlib.sha256(data).hexdigest()}"
     if path.is_file():
         return path
-    data = fetch()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".ref-")
+
+    def verify(tmp: Path) -> None:
+        try:
+            load_image(tmp)
+        except MediaError as exc:
+            # The message names the reference, not the temporary file, which is gone when it is read.
+            raise ValidationError.one(field, f"not an image ({str(exc).replace(str(tmp), shown)})") from exc
+
+    _write_atomically(path, data, verify)
+    return path
+
+
+def _write_atomically(path: Path, data: bytes, check: Callable[[Path], None] | None = None) -> None:
+    """Write `data` to a temporary file, `check` it, then rename it to `path`: a reader (another worker, a
+    crash) sees the whole file or none. A content file renamed over an existing one has the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ref-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())  # a crash must not leave a short file under a content name
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
-def _download(url: str, field: str, allow_loopback: bool) -> bytes:
-    """GET `url`, following up to MAX_REDIRECTS redirects by hand, each hop checked by _PinnedTransport."""
+# --- the fetch --------------------------------------------------------------------------------------------
+
+
+def _download(url: str, field: str, allow_loopback: bool, entry: _Entry | None) -> _Fetched | None:
+    """GET `url`, following up to MAX_REDIRECTS redirects by hand, each hop checked by _PinnedTransport.
+
+    With an `entry` the GET is conditional, and None means the server answered 304 Not Modified. The
+    validators go only to the hop they were taken from (entry.answered_by): if the redirects now lead
+    elsewhere, that resource is fetched whole, since a date or tag from another resource says nothing of it.
+    """
     deadline = time.monotonic() + FETCH_DEADLINE_S
     shown = short_ref(url)
     current = url
@@ -259,14 +393,23 @@ def _download(url: str, field: str, allow_loopback: bool) -> bytes:
     ) as client:
         for hop in range(MAX_REDIRECTS + 1):
             via = "" if current == url else f" (redirected to {short_ref(current)})"
+            same = entry is not None and _sha256(current) == entry.answered_by
+            conditions = entry.conditions() if entry is not None and same else {}
             try:
-                with client.stream("GET", current) as response:
+                with client.stream("GET", current, headers=conditions) as response:
                     if response.is_redirect and "location" in response.headers:
                         target = str(response.url.join(response.headers["location"]))
+                    elif response.status_code == 304 and conditions:
+                        return None
                     elif response.status_code != 200:
                         raise ValidationError.one(field, f"{shown}{via} answered HTTP {response.status_code}")
                     else:
-                        return _read_body(response, field, f"{shown}{via}", deadline)
+                        return _Fetched(
+                            body=_read_body(response, field, f"{shown}{via}", deadline),
+                            url=current,
+                            etag=response.headers.get("etag"),
+                            last_modified=response.headers.get("last-modified"),
+                        )
             except _Refused as exc:
                 where = shown if exc.url == url else f"{shown} redirects to {short_ref(exc.url)}, which"
                 raise ValidationError.one(field, f"{where} {exc.reason}") from None

@@ -1,29 +1,36 @@
-"""Reference images: real HTTP on loopback, data URIs and files; fetched once, verified, cached. And what a
-job may not point at: private, loopback and metadata addresses (also behind redirects and DNS), files on the
-worker. The CLI inlines the files of a job as data URIs."""
+"""Reference images: real HTTP on loopback, data URIs and files; verified, cached by content, revalidated with
+ETag / Last-Modified (a changed image is a new file), resolved once per job. And what a job may not point at:
+private, loopback and metadata addresses (also behind redirects and DNS), files on the worker. The CLI inlines
+the files of a job as data URIs."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
+import hashlib
 import ipaddress
 import json
 import re
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from email.utils import formatdate, parsedate_to_datetime
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from uuid import UUID, uuid4
 
 import httpx
 import pytest
 from PIL import Image
 
+import clipgen.references
+from clipgen import media
 from clipgen.cli import MAX_INLINED_BYTES, load_job, main
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.planning import plan_job
 from clipgen.references import (
     MAX_IMAGE_BYTES,
     ReferencePolicy,
@@ -39,52 +46,238 @@ IMAGES = EXAMPLE_JOB.parent / "images"
 FIELD = "clip_prompts[2].scene_reference_url"
 LOOPBACK_OK = ReferencePolicy(allow_loopback=True)
 FILES_OK = ReferencePolicy(allow_files=True)
+ADA = (IMAGES / "ada.png").read_bytes()
+BEN = (IMAGES / "ben.png").read_bytes()
+
+
+class Seen(NamedTuple):
+    """One request as the server saw it: its conditions and the status it was answered with."""
+
+    path: str
+    if_none_match: str | None
+    if_modified_since: str | None
+    status: int
 
 
 class ImageHandler(SimpleHTTPRequestHandler):
-    """Serves examples/images; /redirect?to=URL answers 302 to URL. Records each path and Host header."""
+    """Serves examples/images (with Last-Modified, answering If-Modified-Since as http.server does).
+    /redirect?to=URL answers 302 to URL; /moved answers 302 to `moved_to`. /live/<validators>/<name> serves
+    `live[name]`, an image a test can change (`change_live`), with an ETag ("etag"), a Last-Modified
+    ("modified"), neither ("plain") or an ETag no client can send back ("odd"), and answers a conditional
+    GET with 304 when it still matches.
+    Records each path and Host header in `hits`, and each request's conditions and answer in `seen`."""
 
     hits: ClassVar[list[tuple[str, str]]] = []
+    seen: ClassVar[list[Seen]] = []
+    live: ClassVar[dict[str, bytes]] = {}
+    version: ClassVar[int] = 0  # of the live images: each change makes a later Last-Modified
+    moved_to: ClassVar[str] = ""
 
     def do_GET(self) -> None:
         ImageHandler.hits.append((self.path, self.headers.get("Host", "")))
-        if self.path.startswith("/redirect?to="):
+        if self.path.startswith(("/redirect?to=", "/moved")):
             self.send_response(302)
-            self.send_header("Location", self.path.partition("?to=")[2])
+            self.send_header("Location", self.path.partition("?to=")[2] or ImageHandler.moved_to)
             self.send_header("Content-Length", "0")
             self.end_headers()
+        elif self.path.startswith("/live/"):
+            _, _, validators, name = self.path.split("/")
+            self._send_live(validators, ImageHandler.live[name])
+        else:
+            super().do_GET()
+
+    def _send_live(self, validators: str, body: bytes) -> None:
+        etag, modified = etag_of(body), formatdate(1_700_000_000 + 60 * ImageHandler.version, usegmt=True)
+        since = self.headers.get("If-Modified-Since")
+        if (validators == "etag" and self.headers.get("If-None-Match") == etag) or (
+            validators == "modified"
+            and since
+            and parsedate_to_datetime(since) >= parsedate_to_datetime(modified)
+        ):
+            self.send_response(304)
+            self.end_headers()
             return
-        super().do_GET()
+        self.send_response(200)
+        if validators == "etag":
+            self.send_header("ETag", etag)
+        if validators == "odd":
+            self.send_header("ETag", '"caf\xe9"')  # sent as Latin-1; not ASCII, so not a header to send
+        if validators == "modified":
+            self.send_header("Last-Modified", modified)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        conditions = (self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since"))
+        ImageHandler.seen.append(Seen(self.path, *conditions, code))
+        super().send_response(code, message)
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
-@pytest.fixture
-def image_server() -> Iterator[str]:
-    ImageHandler.hits = []
+def etag_of(body: bytes) -> str:
+    return f'"{hashlib.sha256(body).hexdigest()[:16]}"'
+
+
+def change_live(name: str, body: bytes) -> None:
+    ImageHandler.live[name] = body
+    ImageHandler.version += 1
+
+
+@contextlib.contextmanager
+def serving() -> Iterator[str]:
+    ImageHandler.hits, ImageHandler.seen, ImageHandler.live = [], [], {}
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(ImageHandler, directory=str(IMAGES)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    with serving() as url:
+        yield url
 
 
 def data_uri(path: Path, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-# --- http(s): fetched once, cached, errors name the field ---------------------------------------------------
+# --- http(s): cached by content, revalidated, errors name the field -----------------------------------------
 
 
-def test_http_reference_is_fetched_once_and_cached(image_server: str, tmp_path: Path) -> None:
+def test_http_reference_is_cached_and_revalidated(image_server: str, tmp_path: Path) -> None:
+    # http.server itself: it sends Last-Modified and answers If-Modified-Since with 304.
     url = f"{image_server}/meadow.jpg"
     first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
     second = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
     assert first == second
     assert first.read_bytes() == (IMAGES / "meadow.jpg").read_bytes()
-    assert [path for path, _ in ImageHandler.hits] == ["/meadow.jpg"]
+    assert first.name == "sha256-" + hashlib.sha256(first.read_bytes()).hexdigest()
+    [fetch, revalidation] = ImageHandler.seen
+    assert (fetch.path, fetch.if_modified_since, fetch.status) == ("/meadow.jpg", None, 200)
+    assert (revalidation.path, revalidation.status) == ("/meadow.jpg", 304)
+    assert revalidation.if_modified_since is not None
+
+
+@pytest.mark.parametrize("validators", ["etag", "modified", "plain"])
+def test_a_changed_image_at_the_same_url_gets_a_new_path(
+    image_server: str, validators: str, tmp_path: Path
+) -> None:
+    url = f"{image_server}/live/{validators}/scene.png"
+    change_live("scene.png", ADA)
+    before = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    change_live("scene.png", BEN)
+    after = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert after != before
+    assert after.read_bytes() == BEN
+    assert before.read_bytes() == ADA  # never rewritten: the plan fingerprint hashes a path's file once
+    assert [seen.status for seen in ImageHandler.seen] == [200, 200]
+
+
+def test_an_unchanged_image_with_an_etag_is_revalidated_with_if_none_match(
+    image_server: str, tmp_path: Path
+) -> None:
+    url = f"{image_server}/live/etag/scene.png"
+    change_live("scene.png", ADA)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    assert ImageHandler.seen == [
+        Seen("/live/etag/scene.png", None, None, 200),
+        Seen("/live/etag/scene.png", etag_of(ADA), None, 304),
+    ]
+    # The content file is gone (a cleaned cache): a 304 would leave nothing to use, so ask unconditionally.
+    first.unlink()
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    assert first.read_bytes() == ADA
+    assert ImageHandler.seen[2:] == [Seen("/live/etag/scene.png", None, None, 200)]
+
+
+def test_an_unchanged_image_with_a_last_modified_is_revalidated_with_if_modified_since(
+    image_server: str, tmp_path: Path
+) -> None:
+    url = f"{image_server}/live/modified/scene.png"
+    change_live("scene.png", ADA)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    modified = formatdate(1_700_000_000 + 60 * ImageHandler.version, usegmt=True)
+    assert ImageHandler.seen == [
+        Seen("/live/modified/scene.png", None, None, 200),
+        Seen("/live/modified/scene.png", None, modified, 304),
+    ]
+
+
+def test_without_validators_the_image_is_fetched_every_time_and_compared_by_content(
+    image_server: str, tmp_path: Path
+) -> None:
+    url = f"{image_server}/live/plain/scene.png"
+    change_live("scene.png", ADA)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    assert ImageHandler.seen == [Seen("/live/plain/scene.png", None, None, 200)] * 2
+
+
+def test_a_validator_that_cannot_be_sent_back_is_dropped(image_server: str, tmp_path: Path) -> None:
+    # Kept, it would fail every later GET before it is sent (and never be replaced): compare bodies instead.
+    url = f"{image_server}/live/odd/scene.png"
+    change_live("scene.png", ADA)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    assert ImageHandler.seen == [Seen("/live/odd/scene.png", None, None, 200)] * 2
+
+
+def test_a_304_after_a_redirect_reuses_the_image(image_server: str, tmp_path: Path) -> None:
+    url = f"{image_server}/redirect?to={image_server}/live/etag/scene.png"
+    change_live("scene.png", ADA)
+    first = resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK) == first
+    redirect = url.removeprefix(image_server)
+    assert ImageHandler.seen == [
+        Seen(redirect, None, None, 302),
+        Seen("/live/etag/scene.png", None, None, 200),
+        Seen(redirect, None, None, 302),  # the validators describe the image, not the redirect
+        Seen("/live/etag/scene.png", etag_of(ADA), None, 304),
+    ]
+    # The entry per URL keeps digests of URLs, not their text (which may carry credentials or a signature).
+    assert not any(b"/live/" in file.read_bytes() for file in tmp_path.iterdir())
+
+
+def test_validators_go_only_to_the_resource_they_came_from(image_server: str, tmp_path: Path) -> None:
+    # The URL redirects elsewhere now, to an image with the same Last-Modified: a 304 from it would keep the
+    # old image, so the new target is asked unconditionally.
+    ImageHandler.live = {"a.png": ADA, "b.png": BEN}
+    ImageHandler.moved_to = f"{image_server}/live/modified/a.png"
+    before = resolve_reference(f"{image_server}/moved", FIELD, tmp_path, LOOPBACK_OK)
+    ImageHandler.moved_to = f"{image_server}/live/modified/b.png"
+    after = resolve_reference(f"{image_server}/moved", FIELD, tmp_path, LOOPBACK_OK)
+    assert (before.read_bytes(), after.read_bytes()) == (ADA, BEN)
+    assert ImageHandler.seen[-1] == Seen("/live/modified/b.png", None, None, 200)
+
+
+def test_a_cached_reference_that_cannot_be_revalidated_is_refused(tmp_path: Path) -> None:
+    # Not silently the image fetched last time: it may have changed, and the plan would not show it.
+    with serving() as server:
+        url = f"{server}/meadow.jpg"
+        resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    with pytest.raises(ValidationError, match=rf"^{re.escape(FIELD)}: .*/meadow.jpg is unreachable"):
+        resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+
+
+def test_a_body_that_is_no_image_is_refused_and_nothing_is_cached(image_server: str, tmp_path: Path) -> None:
+    change_live("notes.png", b"plain text, not a PNG")
+    url = f"{image_server}/live/plain/notes.png"
+    with pytest.raises(
+        ValidationError, match=rf"^{re.escape(FIELD)}: not an image \({re.escape(url)} is not"
+    ) as refused:
+        resolve_reference(url, FIELD, tmp_path, LOOPBACK_OK)
+    assert ".ref-" not in str(refused.value)  # names the reference, not a temporary file
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_http_errors_name_the_field(image_server: str, tmp_path: Path) -> None:
@@ -92,6 +285,44 @@ def test_http_errors_name_the_field(image_server: str, tmp_path: Path) -> None:
         ValidationError, match=r"^clip_prompts\[2\]\.scene_reference_url: .* answered HTTP 404"
     ):
         resolve_reference(f"{image_server}/missing.jpg", FIELD, tmp_path, LOOPBACK_OK)
+
+
+def shared_scene_job(url: str, clips: int = 20) -> ClipPrompts:
+    prompts = [
+        {"clip_index": i, "prompt": f"clip {i}", "duration": 4.0, "scene_reference_url": url}
+        for i in range(clips)
+    ]
+    return ClipPrompts.model_validate({"job_id": str(uuid4()), "clip_prompts": prompts})
+
+
+def test_planning_resolves_a_reference_shared_by_20_clips_once(
+    image_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = count_decodes(monkeypatch)
+    change_live("scene.png", ADA)
+    job = shared_scene_job(f"{image_server}/live/etag/scene.png")
+    resolve = functools.partial(resolve_reference, cache_dir=tmp_path, policy=LOOPBACK_OK)
+    first = plan_job(job, GenerationOptions(model="veo-3.1"), resolve)
+    assert len({clip.scene_image for clip in first.clips}) == 1 and len(first.clips) == 20
+    assert [seen.status for seen in ImageHandler.seen] == [200]
+    assert len(decoded) == 1
+    # A rerun plans again: one conditional GET for the job, and the image is not decoded again.
+    again = plan_job(job, GenerationOptions(model="veo-3.1"), resolve)
+    assert [clip.scene_image for clip in again.clips] == [clip.scene_image for clip in first.clips]
+    assert [seen.status for seen in ImageHandler.seen] == [200, 304]
+    assert len(decoded) == 1
+
+
+def test_a_refused_reference_shared_by_clips_is_fetched_and_reported_once(
+    image_server: str, tmp_path: Path
+) -> None:
+    job = shared_scene_job(f"{image_server}/missing.jpg")
+    resolve = functools.partial(resolve_reference, cache_dir=tmp_path, policy=LOOPBACK_OK)
+    with pytest.raises(ValidationError) as refused:
+        plan_job(job, GenerationOptions(model="veo-3.1"), resolve)
+    [problem] = refused.value.problems
+    assert problem.field == "clip_prompts[0].scene_reference_url" and "answered HTTP 404" in problem.message
+    assert [path for path, _ in ImageHandler.hits] == ["/missing.jpg"]
 
 
 # --- where a fetch may connect ------------------------------------------------------------------------------
@@ -275,7 +506,7 @@ def test_https_is_sent_to_the_checked_address_with_the_name_for_tls(
         return httpx.Response(200, content=b"image")
 
     transport = _PinnedTransport(allow_loopback=False)
-    transport._inner = httpx.MockTransport(answer)
+    transport._inner = httpx.MockTransport(answer)  # type: ignore[assignment]  # where sockets would open
     with httpx.Client(transport=transport) as client:
         assert client.get("https://cdn.test:8443/a.jpg?v=1").content == b"image"
     [request] = sent
@@ -325,6 +556,31 @@ def test_credentials_in_a_url_are_not_repeated(tmp_path: Path) -> None:
 def test_data_uri(tmp_path: Path) -> None:
     path = resolve_reference(data_uri(IMAGES / "ada.png"), "f", tmp_path, ReferencePolicy())
     assert path.read_bytes() == (IMAGES / "ada.png").read_bytes()
+
+
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the resolver verifies by decoding them, from now on."""
+    decoded: list[Path] = []
+
+    def load_image(path: Path) -> Any:
+        decoded.append(path)
+        return media.load_image(path)
+
+    monkeypatch.setattr(clipgen.references, "load_image", load_image)
+    return decoded
+
+
+def test_data_uris_are_cached_by_content_and_verified_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded = count_decodes(monkeypatch)
+    png = resolve_reference(data_uri(IMAGES / "ada.png"), "f", tmp_path, ReferencePolicy())
+    same_bytes = resolve_reference(
+        data_uri(IMAGES / "ada.png", "image/x-png"), "f", tmp_path, ReferencePolicy()
+    )
+    assert png == same_bytes
+    assert png.name == "sha256-" + hashlib.sha256(ADA).hexdigest()
+    assert len(decoded) == 1  # a file under its content name has passed already
 
 
 def test_text_data_uri_is_not_base64(tmp_path: Path) -> None:
@@ -431,7 +687,7 @@ def test_load_job_inlines_files_as_data_uris_with_their_type(example_job: Path) 
 def test_file_urls_and_absolute_paths_are_inlined_too(tmp_path: Path) -> None:
     webp = tmp_path / "photo.webp"
     Image.new("RGB", (64, 36), "orange").save(webp)
-    job = {
+    job: dict[str, object] = {
         "job_id": str(uuid4()),
         "clip_prompts": [
             {"clip_index": 0, "prompt": "p", "duration": 4, "scene_reference_url": webp.as_uri()},
