@@ -33,6 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import httpx
 from PIL import Image
@@ -65,6 +66,9 @@ INLINE_IMAGE_BYTES = 256 * 1024
 DOWNLOAD_ATTEMPTS = 3
 # How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
 CLOCK_SKEW = timedelta(seconds=30)
+# How long after its intent went on the ledger a create can reach Replicate (the intent's write, then the
+# request itself): a prediction made later than that with the same input is another create's.
+CREATE_WINDOW = timedelta(minutes=10)
 # How far back (in pages of the prediction list, newest first) to look for the prediction a lost create made.
 LOST_CREATE_PAGES = 5
 # Where a Files API upload lives; another process's upload of the same image has another id.
@@ -103,6 +107,10 @@ class _Page(BaseModel):
 
 class OutputGone(TransientError):
     """The prediction's output was deleted (Replicate keeps API outputs for about an hour)."""
+
+
+class NotFound(PermanentError):
+    """The API does not know what was asked for (HTTP 404): a prediction id it never made, a model."""
 
 
 class ReplicateProvider:
@@ -194,12 +202,12 @@ class ReplicateProvider:
 
     def _adopt(self, work: PaidWork) -> RemotePrediction | None:
         """The first prediction the ledger names for this plan that can still deliver. One that cannot is
-        reported as ended; one that cannot be read now fails the attempt (transient): creating another
-        while it may be running would pay twice."""
+        reported as ended; one that cannot be read now fails the attempt (transient, or permanent when the API
+        refuses us, as with a wrong token): creating another while it may be running would pay twice."""
         for prediction_id in work.adoptable():
             try:
                 prediction = self._get(prediction_id)
-            except PermanentError:
+            except NotFound:
                 work.ended(prediction_id, "gone")  # unknown to the API: nothing to re-attach to
                 continue
             if prediction.status in LIVE or prediction.status == "succeeded":
@@ -261,6 +269,10 @@ class ReplicateProvider:
             except httpx.TransportError as exc:
                 lost = TransientError(f"the answer to a create was lost: {exc!r}")
                 return self._after_lost_answer(request, intent, work, slot, lost)
+            except ValueError as exc:
+                # Answered 2xx with something that is not a prediction (a proxy's page): it may have made one.
+                lost = TransientError(f"the answer to a create cannot be read: {exc}")
+                return self._after_lost_answer(request, intent, work, slot, lost)
             slot.succeeded()
             work.created(intent.id, prediction.id)
             return prediction
@@ -287,12 +299,13 @@ class ReplicateProvider:
         """The prediction the create of `intent` made, or None when it made none.
 
         Replicate has no idempotency key, and creating again could pay twice. So look among the predictions
-        made since the create was sent (newest first, a few pages back) for one with our input that no one
-        has on record, and adopt it. Two such (clips with the same input) cannot be told apart: neither is
-        taken, and the intent is settled as having made nothing we can own.
+        made while the create can have reached the API (from when it was sent to CREATE_WINDOW later; newest
+        first, a few pages back) for one with our input that no one has on record, and adopt it. Two such
+        (clips with the same input) cannot be told apart: neither is taken, and the intent is settled as
+        having made nothing we can own.
         """
         since = intent.sent_at - CLOCK_SKEW
-        recent = self._predictions_since(since)
+        recent = self._predictions_between(since, intent.sent_at + CREATE_WINDOW + CLOCK_SKEW)
         matches = [
             p
             for p in recent
@@ -304,11 +317,18 @@ class ReplicateProvider:
             log.warning("%d predictions match a lost create; adopting none of them", len(matches))
         return matches[0] if len(matches) == 1 else None
 
-    def _predictions_since(self, since: datetime) -> list[RemotePrediction]:
-        """The account's predictions created at `since` or later. LostCreateUnresolved when the list cannot
-        be read, or `since` lies further back than LOST_CREATE_PAGES pages: we cannot tell what was made."""
+    def _predictions_between(self, since: datetime, until: datetime) -> list[RemotePrediction]:
+        """The account's predictions created from `since` to `until`. LostCreateUnresolved when the list
+        cannot be read, or `since` lies further back than LOST_CREATE_PAGES pages: we cannot tell what was
+        made.
+
+        The window is asked of the API too (`created_after`, `created_before`), so a lookup long after the
+        create (a rerun the next day) pages through that window, not through every prediction made since.
+        Every page is filtered here as well: the window is only a hint to the API."""
         found: list[RemotePrediction] = []
-        url = "/v1/predictions"
+        url = "/v1/predictions?" + urlencode(
+            {"created_after": _api_time(since), "created_before": _api_time(until)}
+        )
         for _ in range(LOST_CREATE_PAGES):
             try:
                 page = _Page.model_validate(self._call("GET", url))
@@ -316,7 +336,7 @@ class ReplicateProvider:
                 raise LostCreateUnresolved(
                     f"cannot tell whether a lost create made a prediction: {exc}"
                 ) from exc
-            found += [p for p in page.results if p.created() >= since]
+            found += [p for p in page.results if since <= p.created() <= until]
             if not page.next or any(p.created() < since for p in page.results):
                 return found
             url = page.next  # the client takes `next` as the whole URL to fetch
@@ -417,6 +437,10 @@ def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def _api_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def _ended(status: str) -> RemoteStatus:
     return status if status in TERMINAL else "canceled"  # type: ignore[return-value]
 
@@ -466,7 +490,7 @@ def api_error(exc: ReplicateError) -> GenerationError:
     message = f"Replicate API {exc.status}: {exc.detail or exc.title or 'no detail'}"
     if exc.status is None or exc.status in TRANSIENT_STATUS or exc.status >= 500:
         return TransientError(message, retry_after=rate_limit_delay(exc) if exc.status == 429 else None)
-    return PermanentError(message)
+    return NotFound(message) if exc.status == 404 else PermanentError(message)
 
 
 def prediction_error(prediction_id: str, error: str | None) -> GenerationError:
