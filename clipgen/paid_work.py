@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
-from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped
+from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, TransientError
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
 from clipgen.stores.base import INTENT_PREFIX, ClipRecord, ClipStore, PredictionRecord, PredictionStatus
@@ -462,14 +462,21 @@ class ClipWork:
             _with_retries(
                 f"record prediction {prediction_id}", lambda: self.job.store.resolve_intent(intent_id, row)
             )
-        except Exception:
+        except Exception as exc:
             log.error("could not record prediction %s; canceling it so nothing runs unowned", prediction_id)
-            self.job.cancel_remote(prediction_id)
-            raise
+            self._cancel_unowned(prediction_id)
+            # Transient: the intent is still on record, and the next attempt resolves it.
+            raise TransientError(f"could not record prediction {prediction_id} (canceled it): {exc}") from exc
         with self._lock:
             self._rows.pop(intent_id, None)
             self._rows[prediction_id] = row
             self._known |= {prediction_id}
+
+    def _cancel_unowned(self, prediction_id: str) -> None:
+        try:
+            self.job.cancel_remote(prediction_id)
+        except Exception:
+            log.error("could not cancel unrecorded prediction %s either", prediction_id, exc_info=True)
 
     def _move(
         self,
@@ -481,7 +488,15 @@ class ClipWork:
     ) -> None:
         with self._lock:
             current = self._rows.get(prediction_id)
-        if current is None or current.status == status:
+        if current is None:
+            log.warning(
+                "prediction %s is not one of clip %d's; not recording it as %s",
+                prediction_id,
+                self.plan.clip_index,
+                status,
+            )
+            return
+        if current.status == status:
             return
         updated = _moved(current, status, error=error, remote=remote)
         _with_retries(

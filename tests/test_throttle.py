@@ -25,8 +25,11 @@ from replicate.client import Client
 from clipgen.errors import PermanentError, TransientError
 from clipgen.fake_replicate.server import CreateRequest, FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.paid_work import JobWork
 from clipgen.planning import ClipPlan, plan_job
+from clipgen.providers.base import Generation
 from clipgen.providers.replicate import ReplicateProvider
+from clipgen.stores.local import LocalStore
 from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
 
 
@@ -360,7 +363,7 @@ def fake(tmp_path: Path) -> Iterator[FakeReplicateServer]:
         # Render the clip once (outputs are cached per shape), so predictions take their latency only.
         provider = replicate_provider(server)
         try:
-            provider.generate(clip_plan(-1), tmp_path / "warm-up.mp4")
+            generate(provider, clip_plan(-1), tmp_path / "warm-up.mp4")
         finally:
             provider.close()
         server.reset()
@@ -371,6 +374,13 @@ def replicate_provider(fake: FakeReplicateServer, **options: Any) -> ReplicatePr
     transport = httpx.HTTPTransport()
     client = Client(api_token="test-token", base_url=fake.base_url, transport=transport)
     return ReplicateProvider(client, poll_interval_s=0.02, api_transport=transport, **options)
+
+
+def generate(provider: ReplicateProvider, plan: ClipPlan, dest: Path) -> Generation:
+    """One clip attempt as the pipeline makes it: under the clip's lease, with the ledger of a local store."""
+    work = JobWork(LocalStore(dest.parent / "data"), provider, owner="throttle-test").clip(plan)
+    with work.hold():
+        return provider.generate(plan, dest, work)
 
 
 def clip_plan(n: int) -> ClipPlan:
@@ -418,7 +428,8 @@ def run_clips(
     try:
         with ThreadPoolExecutor(THREADS) as pool:
             futures = [
-                pool.submit(provider.generate, clip_plan(n), tmp_path / f"clip-{n}.mp4") for n in range(clips)
+                pool.submit(generate, provider, clip_plan(n), tmp_path / f"clip-{n}.mp4")
+                for n in range(clips)
             ]
             wait_until(lambda: fake.in_flight == THREADS, 30)
             fault_added = time.monotonic()
@@ -509,7 +520,7 @@ def test_a_hint_past_the_budget_fails_the_attempt_at_once_and_frees_the_place(
         fake.add_fault(Fault(kind="rate_limit", seconds=HINT_S))
         started = time.monotonic()
         with pytest.raises(TransientError, match=r"rate limited by Replicate: .*resets in ~1s") as caught:
-            provider.generate(clip_plan(0), tmp_path / "clip.mp4")
+            generate(provider, clip_plan(0), tmp_path / "clip.mp4")
         assert time.monotonic() - started < HINT_S
         assert caught.value.retry_after == pytest.approx(HINT_S, abs=0.1)
         assert len(fake.create_requests) == 1 and fake.creates == 0
@@ -517,7 +528,7 @@ def test_a_hint_past_the_budget_fails_the_attempt_at_once_and_frees_the_place(
         assert (stats.in_use, stats.creating, stats.waiting, stats.limit) == (0, 0, 0, 1)
         # The task's retry comes after the hint (Prefect waits `retry_after`), and creates.
         time.sleep(caught.value.retry_after or 0)
-        provider.generate(clip_plan(1), tmp_path / "clip.mp4")
+        generate(provider, clip_plan(1), tmp_path / "clip.mp4")
         assert fake.creates == 1 and provider.throttle.stats().limit is None
     finally:
         provider.close()
@@ -528,10 +539,10 @@ def test_failures_free_the_place(fake: FakeReplicateServer, tmp_path: Path) -> N
     try:
         fake.add_fault(Fault(kind="server_error", status=503))
         with pytest.raises(TransientError, match="503"):
-            provider.generate(clip_plan(0), tmp_path / "clip.mp4")
+            generate(provider, clip_plan(0), tmp_path / "clip.mp4")
         fake.add_fault(Fault(kind="fail", error="flagged as sensitive (E005)"))
         with pytest.raises(PermanentError):
-            provider.generate(clip_plan(1), tmp_path / "clip.mp4")
+            generate(provider, clip_plan(1), tmp_path / "clip.mp4")
         stats = provider.throttle.stats()
         assert (stats.in_use, stats.creating, stats.waiting, stats.limit) == (0, 0, 0, None)
         assert (stats.created, stats.rate_limited) == (1, 0)

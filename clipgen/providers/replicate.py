@@ -468,7 +468,8 @@ def _output_url(prediction: RemotePrediction) -> str:
         # Succeeded, and the output has since been removed (data_removed): it cannot be had any more.
         raise OutputGone(f"prediction {prediction.id} succeeded but its output was removed")
     if not isinstance(output, str) or not output.startswith(("http://", "https://")):
-        raise TransientError(f"prediction {prediction.id} succeeded without a video URL: {output!r}")
+        # Nothing to download now or later: as good as gone (abandoned, not adopted again).
+        raise OutputGone(f"prediction {prediction.id} succeeded without a video URL: {output!r}")
     return output
 
 
