@@ -9,8 +9,8 @@ prediction is downloaded again).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -346,14 +346,15 @@ def clip_table(result: Clips) -> list[dict[str, Any]]:
 
 
 def tidy_work_dir(work_dir: Path, result: Clips) -> None:
-    """Drop the local copies of stored clips; keep files of failed clips, which a rerun may still use."""
+    """Drop the local copies of the clips this run stored; keep files of failed clips, which a rerun may
+    still use, and of reused ones: another run of the job may be thumbnailing what it stored."""
     for clip in result.clips:
-        if clip.status == "success":
+        if clip.status == "success" and not clip.reused:
             files = ClipFiles.of(work_dir, clip.clip_index)
             files.discard()
             files.thumbnail.unlink(missing_ok=True)
-    if work_dir.is_dir() and not any(work_dir.iterdir()):
-        shutil.rmtree(work_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty, or gone: another run of the job is using it
+        work_dir.rmdir()
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
@@ -127,14 +130,15 @@ def test_an_invalid_row_from_an_app_fails_at_once_naming_the_field(tmp_path: Pat
 def test_a_crashed_runs_job_is_taken_over_after_its_lease(tmp_path: Path) -> None:
     job = job_dict()
     assert submit(tmp_path, job) == 0
-    # A run that claimed the job and died: nobody renews its short lease.
-    dead = store().claim_job("dead-worker", lease_seconds=0.5)
-    assert dead is not None
+    # A run that claimed the job and died: nobody renews its short lease (long enough for a queue run to
+    # start within it on a busy machine).
+    dead = store().claim_job("dead-worker", lease_seconds=8)
+    assert dead is not None and dead.lease_expires_at is not None
     provider = ScriptedProvider()
     assert process_job_queue(provider=scripted(provider), store="local", return_state=True).message == (
         "no queued jobs"
     )
-    time.sleep(0.7)
+    time.sleep(max(0.0, (dead.lease_expires_at - datetime.now(UTC)).total_seconds() + 0.2))
 
     state = process_job_queue(provider="scripted", store="local", return_state=True)
 
@@ -182,11 +186,18 @@ def test_a_running_job_cannot_be_resubmitted(tmp_path: Path, capsys: pytest.Capt
 
 
 class LosesEveryClaim(LocalStore):
-    """The real local store, where another run takes the job over as soon as this one holds it: every renewal
-    of the claim is refused, as after a stall longer than the lease."""
+    """The real local store, where another run takes the job over as soon as this one holds it (as after a
+    stall longer than the lease): at the first renewal, the claim passes to a thief."""
 
     def renew_claim(self, job_id: UUID, claim_token: UUID, lease_seconds: float) -> bool:
-        return False
+        thief_lease = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        with closing(sqlite3.connect(self.db_path, timeout=10)) as conn, conn:
+            conn.execute(
+                "UPDATE video_jobs SET claim_token = ?, claimed_by = 'thief', lease_expires_at = ? "
+                "WHERE job_id = ?",
+                (str(uuid4()), thief_lease, str(job_id)),
+            )
+        return super().renew_claim(job_id, claim_token, lease_seconds)
 
 
 def test_a_queue_run_that_loses_its_job_stops_working_on_it(

@@ -424,6 +424,8 @@ def _no_upload(path: str, aspect_ratio: str, max_size: tuple[int, int]) -> str:
 
 
 def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
+    # Again here: another run of the job that ended may have removed the job's (then empty) work directory.
+    dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as handle, client.stream("GET", url) as response:
