@@ -76,7 +76,8 @@ class ClipRecord(BaseModel):
         False, description="It failed with an error another attempt of the same plan would repeat."
     )
     lease_owner: str | None = Field(
-        None, description="The run working the clip; read only: upsert_clip never writes it (the lease calls do)."
+        None,
+        description="The run working the clip; read only: upsert_clip never writes it (the lease calls do).",
     )
     lease_expires_at: datetime | None = Field(None, description="When the owner's lease ends; read only.")
     created_at: datetime | None = None
