@@ -90,7 +90,9 @@ def test_transient_failures_are_retried_and_recorded() -> None:
     assert provider.calls == {0: 2, 1: 3, 2: 2, 3: 1}
     # Every paid generation is accounted for: the short clip's first generation is in its cost.
     price = result.clips[3].cost
-    assert price > 0 and [by_index[i].cost for i in range(4)] == pytest.approx([2 * price, 3 * price, 2 * price, price])
+    assert price > 0 and [by_index[i].cost for i in range(4)] == pytest.approx(
+        [2 * price, 3 * price, 2 * price, price]
+    )
     assert len(by_index[2].prediction_ids) == 2
     assert result.spent_this_run == result.spent_all_runs == pytest.approx(8 * price)
     retries = [e.data for e in store().events(job.job_id) if e.event == events.RETRY]
