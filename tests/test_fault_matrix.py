@@ -1,6 +1,8 @@
-"""The fault matrix (issue 7), asserted: for every fault the fake Replicate API can script, plus a storage
-outage and `kill -9` of the flow process, a 6-clip job through the real flow loses no paid clip, pays no
-clip twice, leaves nothing running, and delivers `min_success` clips wherever the fault allows it.
+"""The fault matrix (issues 7 and 13), asserted: for every fault the fake Replicate API can script, plus a
+storage outage and `kill -9` of the flow process, and for runs of one job that meet (at once; a lost create
+while the prediction list is down, then a rerun; storage down for a whole run, then another worker; a
+preview, then the paid run), a 6-clip job through the real flow loses no paid clip, pays no clip twice,
+leaves nothing running, and delivers `min_success` clips wherever the fault allows it.
 
 The scenarios and the measurements are `benchmarks/faults.py`'s, which prints the same rows as a table.
 """
@@ -49,13 +51,13 @@ def test_fault(scenario: Scenario, fake: FakeReplicateServer, data_dir: Path) ->
 def test_the_table_renders() -> None:
     good = Row(
         scenario="hung", fault="first prediction | never ends", state="Completed", clips=CLIPS, delivered=6,
-        created=8, failed=0, canceled=2, running_at_end=0, duplicates=0, repaid_unusable=0, lost=0,
+        created=8, billed=8, failed=0, canceled=2, running_at_end=0, duplicates=0, repaid_unusable=0, lost=0,
         min_success_met="yes", seconds=4.2,
     )  # fmt: skip
     bad = Row(
-        scenario="kill", fault="kill -9", state="Completed", clips=CLIPS, delivered=6, created=7, failed=0,
-        canceled=0, running_at_end=1, duplicates=1, repaid_unusable=0, lost=0, min_success_met="yes",
-        seconds=12.0, note="the killed run created 1",
+        scenario="kill", fault="kill -9", state="Completed", clips=CLIPS, delivered=6, created=7, billed=7,
+        failed=0, canceled=0, running_at_end=1, duplicates=1, repaid_unusable=0, lost=0,
+        min_success_met="yes", seconds=12.0, note="the killed run created 1",
     )  # fmt: skip
     bad = replace(bad, problems=tuple(requirement_problems(bad)))
 
@@ -64,6 +66,6 @@ def test_the_table_renders() -> None:
     assert table[0].startswith("| Scenario | Fault |") and table[0].count("|") == table[1].count("|")
     assert all(line.count("|") - line.count("\\|") == table[0].count("|") for line in table[2:4])
     assert "first prediction \\| never ends" in table[2] and table[2].endswith("| ok |")
-    assert "| 6/6 | 7 |" in table[3]
+    assert "| 6/6 | 7 | 7 |" in table[3]
     assert "FAIL: 1 clip(s) paid twice; 1 prediction(s) left running" in table[3]
     assert table[-1] == "- kill: the killed run created 1"
