@@ -1,11 +1,8 @@
 """Paid work has one owner: this module. It alone decides what is created, adopted, settled or canceled.
 
 Every paid request is a row of the job's prediction ledger (the store's `clip_predictions`) from before it
-is sent until it ends, and its status only moves forward through one state machine (`advance`):
-
-    intended ──> created ──> succeeded ──> delivered | rejected | abandoned
-        │            └─────> failed | canceled
-        └──> void   (the create certainly made nothing)
+is sent until it ends, and its status only moves forward through one state machine
+(clipgen/prediction_states.py): intended -> created -> succeeded -> delivered, and the ends on the way.
 
 - `intended` is written before the create leaves, with its price reserved against the job's budget in the
   same atomic write (`ClipStore.reserve_prediction`): a process that dies while the create is under way
@@ -26,7 +23,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,53 +32,14 @@ from uuid import UUID, uuid4
 
 from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, TransientError
 from clipgen.planning import ClipPlan
+from clipgen.prediction_states import ADOPTABLE, NOT_BILLED, billed, ended_status, moved
 from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
 from clipgen.stores.base import INTENT_PREFIX, ClipRecord, ClipStore, PredictionRecord, PredictionStatus
 
 log = logging.getLogger(__name__)
 
-_NEXT: dict[PredictionStatus, frozenset[PredictionStatus]] = {
-    "intended": frozenset({"void", "created"}),
-    "created": frozenset({"succeeded", "failed", "canceled"}),
-    "succeeded": frozenset({"delivered", "rejected", "abandoned"}),
-}
-OPEN: frozenset[PredictionStatus] = frozenset({"intended", "created", "succeeded"})
-ADOPTABLE: frozenset[PredictionStatus] = frozenset({"created", "succeeded"})
-NOT_BILLED: frozenset[PredictionStatus] = frozenset({"intended", "void"})
 LEDGER_WRITE_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 3
-
-
-class IllegalTransition(ValueError):
-    """A ledger status may only move forward along the state machine."""
-
-
-@functools.cache
-def reachable(status: PredictionStatus) -> frozenset[PredictionStatus]:
-    """Every status `status` can move to, in one step or several."""
-    found: set[PredictionStatus] = set()
-    for step in _NEXT.get(status, frozenset()):
-        found |= {step, *reachable(step)}
-    return frozenset(found)
-
-
-def advance(current: PredictionStatus, new: PredictionStatus) -> PredictionStatus:
-    """`new`, when the machine allows it from `current` (staying put is allowed: writes repeat)."""
-    if new != current and new not in reachable(current):
-        raise IllegalTransition(f"a prediction cannot go from {current} to {new}")
-    return new
-
-
-def ended_status(remote: RemoteStatus, wanted: bool) -> PredictionStatus:
-    """The ledger status for how a prediction ended on the provider. A success nobody wants is abandoned;
-    one still wanted stays `succeeded`, adoptable until its output expires."""
-    if remote == "succeeded":
-        return "succeeded" if wanted else "abandoned"
-    if remote == "gone":
-        return "abandoned"
-    if remote == "aborted":
-        return "canceled"  # never started, never billed (its cost is cleared)
-    return remote
 
 
 def plan_fingerprint(plan: ClipPlan, provider: str) -> str:
@@ -103,11 +61,6 @@ def plan_fingerprint(plan: ClipPlan, provider: str) -> str:
 def _file_digest(path: Path) -> bytes:
     # Cached per path: reference files are content-addressed (a changed image gets a new path).
     return hashlib.sha256(path.read_bytes()).digest()
-
-
-def billed(records: Iterable[PredictionRecord]) -> float:
-    """What these predictions cost: intents not yet sent or answered, and void ones, cost nothing."""
-    return round(sum(r.cost for r in records if r.status not in NOT_BILLED), 4)
 
 
 @dataclass(frozen=True)
@@ -203,7 +156,7 @@ class JobWork:
             self.cancel_remote(prediction.prediction_id) if prediction.status == "created" else "succeeded"
         )
         status = ended_status(remote or "canceled", wanted=keep_succeeded)
-        updated = _moved(prediction, status, error=prediction.error or reason, remote=remote)
+        updated = moved(prediction, status, error=prediction.error or reason, remote=remote)
         self.store.record_prediction(updated)
         log.info(
             "prediction %s of clip %d: %s (%s)",
@@ -229,17 +182,6 @@ class JobWork:
 
 def _before(moment: datetime | None, reference: datetime | None) -> bool:
     return moment is not None and reference is not None and moment < reference
-
-
-def _moved(
-    record: PredictionRecord, status: PredictionStatus, *, error: str | None = None, remote: str | None = None
-) -> PredictionRecord:
-    update: dict[str, object] = {"status": advance(record.status, status)}
-    if error is not None:
-        update["error"] = error
-    if remote == "aborted":
-        update["cost"] = 0.0
-    return record.model_copy(update=update)
 
 
 class ClipWork:
@@ -455,8 +397,9 @@ class ClipWork:
         no prediction may exist that nothing owns."""
         with self._lock:
             intent = self._rows.get(intent_id)
+        # The run that sent the create keeps it on its bill, also when a later run finds what it made.
         row = (intent or self._new_row(intent_id, "intended", datetime.now(UTC))).model_copy(
-            update={"prediction_id": prediction_id, "status": "created", "run_id": self.job.owner}
+            update={"prediction_id": prediction_id, "status": "created"}
         )
         try:
             _with_retries(
@@ -498,7 +441,7 @@ class ClipWork:
             return
         if current.status == status:
             return
-        updated = _moved(current, status, error=error, remote=remote)
+        updated = moved(current, status, error=error, remote=remote)
         _with_retries(
             f"record prediction {prediction_id} as {status}",
             lambda: self.job.store.record_prediction(updated),

@@ -20,9 +20,10 @@ from clipgen.backends import register_store
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.model_inputs import build_request
-from clipgen.paid_work import IllegalTransition, JobWork, advance, ended_status, plan_fingerprint, reachable
+from clipgen.paid_work import JobWork, plan_fingerprint
 from clipgen.pipeline import Attempt, produce_clip
 from clipgen.planning import ClipPlan, plan_job
+from clipgen.prediction_states import IllegalTransition, advance, ended_status, reachable
 from clipgen.providers.replicate import ReplicateProvider
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings

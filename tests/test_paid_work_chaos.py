@@ -44,8 +44,8 @@ from clipgen import events
 from clipgen.backends import close_quietly, open_store, register_store
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
-from clipgen.paid_work import NOT_BILLED
 from clipgen.planning import plan_job
+from clipgen.prediction_states import NOT_BILLED
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import VIDEO_BUCKET, ClipStore, PredictionRecord, StoredObject

@@ -38,8 +38,9 @@ from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect, probe
 from clipgen.model_inputs import ModelRequest, build_request
-from clipgen.paid_work import LEDGER_WRITE_ATTEMPTS, ClipWork, JobWork, billed
+from clipgen.paid_work import LEDGER_WRITE_ATTEMPTS, ClipWork, JobWork
 from clipgen.planning import ClipPlan, plan_job
+from clipgen.prediction_states import billed
 from clipgen.providers.base import Generation
 from clipgen.providers.replicate import CLOCK_SKEW, CREATE_WINDOW, ReplicateProvider
 from clipgen.stores.base import PredictionRecord
