@@ -250,8 +250,12 @@ class Clips(BaseModel):
     failed_clips: int
     total_cost: float = Field(description="What the clips' current plans cost, over every run.")
     total_generation_time: float
-    spent_this_run: float = Field(0.0, description="What this run paid for, whatever became of it.")
-    spent_all_runs: float = Field(0.0, description="What every run of the job paid for, all plans.")
+    spent_this_run: float = Field(
+        0.0,
+        description="What this run paid for, whatever became of it; a create whose answer was lost counts "
+        "(it may have made a prediction) until a later run finds it made nothing.",
+    )
+    spent_all_runs: float = Field(0.0, description="The same over every run of the job, all plans.")
 
     @classmethod
     def collect(cls, job_id: UUID, clips: list[Clip], total_generation_time: float) -> Clips:

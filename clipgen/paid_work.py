@@ -32,7 +32,7 @@ from uuid import UUID, uuid4
 
 from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, TransientError
 from clipgen.planning import ClipPlan
-from clipgen.prediction_states import ADOPTABLE, NOT_BILLED, billed, ended_status, moved
+from clipgen.prediction_states import ADOPTABLE, NOT_BILLED, billed, committed, ended_status, moved
 from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
 from clipgen.stores.base import INTENT_PREFIX, ClipRecord, ClipStore, PredictionRecord, PredictionStatus
 
@@ -120,8 +120,10 @@ class JobWork:
         return self._stop_all(left, "the run ended without using it", keep_succeeded=True)
 
     def spend(self, job_id: UUID) -> Spend:
+        """What this run and every run of the job committed: an unanswered create counts until a later
+        attempt finds it made nothing, so each run's figure is final at its end."""
         ledger = self._ledger(job_id)
-        return Spend(billed(p for p in ledger if p.run_id == self.owner), billed(ledger))
+        return Spend(committed(p for p in ledger if p.run_id == self.owner), committed(ledger))
 
     # --- shared by the clips ----------------------------------------------------------------------
 

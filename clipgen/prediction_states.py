@@ -72,3 +72,9 @@ def moved(
     if remote == "aborted":
         update["cost"] = 0.0
     return record.model_copy(update=update)
+
+
+def committed(records: Iterable[PredictionRecord]) -> float:
+    """What these requests may have cost: the billed ones, and creates whose answer is not known yet (each
+    may have made a prediction). The job's budget counts the same."""
+    return round(sum(r.cost for r in records if r.status != "void"), 4)
