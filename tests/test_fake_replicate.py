@@ -17,9 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pydantic
@@ -170,6 +171,32 @@ def test_the_prediction_list_is_paged_newest_first_and_pages_hold_still(
     finally:
         fake.state.page_size = 100
     assert listed[:5] == made[::-1] and len(listed) == len(set(listed))
+
+
+def test_the_list_keeps_the_window_asked_for_across_pages(fake: FakeReplicateServer, client: Client) -> None:
+    before = [veo(client, f"window before {i}").id for i in range(2)]
+    time.sleep(0.05)
+    start = datetime.now(UTC)
+    inside = [veo(client, f"window inside {i}").id for i in range(3)]
+    end = datetime.now(UTC)
+    time.sleep(0.05)
+    veo(client, "window after")
+    window = urlencode({"created_after": start.isoformat(), "created_before": end.isoformat()})
+    fake.state.page_size = 2
+    try:
+        page = client.predictions.list(cursor=f"{fake.base_url}/v1/predictions?{window}")
+        listed = [p.id for p in page]
+        while page.next:
+            assert "created_after=" in page.next and "created_before=" in page.next
+            page = client.predictions.list(cursor=page.next)
+            listed += [p.id for p in page]
+    finally:
+        fake.state.page_size = 100
+    assert listed == inside[::-1] and not set(before) & set(listed)
+    bad = rejected(
+        lambda: client.predictions.list(cursor=f"{fake.base_url}/v1/predictions?created_after=soon")
+    )
+    assert bad.status == 400
 
 
 def probe_output(http: httpx.Client, prediction: Prediction, tmp_path: Path) -> VideoInfo:

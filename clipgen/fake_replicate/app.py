@@ -8,8 +8,10 @@ import json
 import math
 import re
 import time
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlencode
 
 import pydantic
 from fastapi import FastAPI, Request, Response
@@ -136,14 +138,24 @@ def create_app(state: FakeState) -> FastAPI:
         return await create(request, None)
 
     @app.get("/v1/predictions")
-    async def list_predictions(request: Request, cursor: str | None = None) -> dict[str, Any]:
-        # Replicate's cursor is opaque and `next` is the whole URL of the next page; ours names the last id.
+    async def list_predictions(
+        request: Request,
+        cursor: str | None = None,
+        created_after: str | None = None,
+        created_before: str | None = None,
+    ) -> dict[str, Any]:
+        # Replicate's cursor is opaque and `next` is the whole URL of the next page; ours names the last id
+        # and carries the window along.
         authorize(request)
         fault = state.faults.take_list_fault()
         if fault is not None:
             raise _fault_error(fault)
-        results, last = state.list_predictions(after=cursor)
-        following = f"{base_url(request)}/v1/predictions?cursor={last}" if last else None
+        window = {"created_after": created_after, "created_before": created_before}
+        results, last = state.list_predictions(
+            after=cursor, created_after=_epoch(created_after), created_before=_epoch(created_before)
+        )
+        query = urlencode({"cursor": last, **{k: v for k, v in window.items() if v is not None}})
+        following = f"{base_url(request)}/v1/predictions?{query}" if last else None
         return {"next": following, "previous": None, "results": results}
 
     @app.get("/v1/predictions/{prediction_id}")
@@ -362,6 +374,17 @@ def _metadata(raw: object) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise invalid([InvalidField("invalid_type", "metadata", "Invalid type. Expected: object")])
     return metadata
+
+
+def _epoch(value: str | None) -> float | None:
+    """A date-time query parameter (ISO 8601, `Z` allowed) as epoch seconds; 400 when it is not one."""
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(400, f"not a date-time: {value!r}", "Bad request") from exc
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _non_negative(value: object) -> bool:

@@ -167,12 +167,28 @@ class FakeState:
             prediction = self._predictions.get(prediction_id)
             return None if prediction is None else self._api_json(prediction)
 
-    def list_predictions(self, after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    def list_predictions(
+        self,
+        after: str | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page of predictions, newest first (like the API), and the id the next page starts after.
 
-        `after` is the last id of the previous page: pages hold still while new predictions are made."""
+        `after` is the last id of the previous page: pages hold still while new predictions are made.
+        `created_after` / `created_before` (epoch seconds) keep those made in that window, as the API's
+        query parameters of the same names do."""
         with self._lock:
-            found = sorted(self._predictions.values(), key=lambda p: (p.created_at, p.id), reverse=True)
+            found = sorted(
+                (
+                    p
+                    for p in self._predictions.values()
+                    if (created_after is None or p.created_at >= created_after)
+                    and (created_before is None or p.created_at <= created_before)
+                ),
+                key=lambda p: (p.created_at, p.id),
+                reverse=True,
+            )
             if after is not None:
                 ids = [p.id for p in found]
                 found = found[ids.index(after) + 1 :] if after in ids else []
