@@ -21,7 +21,6 @@ _NEXT: dict[PredictionStatus, frozenset[PredictionStatus]] = {
     "created": frozenset({"succeeded", "failed", "canceled"}),
     "succeeded": frozenset({"delivered", "rejected", "abandoned"}),
 }
-OPEN: frozenset[PredictionStatus] = frozenset({"intended", "created", "succeeded"})
 ADOPTABLE: frozenset[PredictionStatus] = frozenset({"created", "succeeded"})
 NOT_BILLED: frozenset[PredictionStatus] = frozenset({"intended", "void"})
 

@@ -41,7 +41,6 @@ from pydantic import BaseModel, ConfigDict
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
-from clipgen.catalog import get_model
 from clipgen.errors import (
     ContentRejected,
     GenerationError,
@@ -187,7 +186,6 @@ class ReplicateProvider:
                 "provider": self.name,
                 "replicate_model": prediction.model,
                 "predict_time": (prediction.metrics or {}).get("predict_time"),
-                "cost_usd": get_model(plan.model).cost(plan.requested_duration),
                 **notes,
             },
         )
