@@ -31,7 +31,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from clipgen.backends import close_quietly, open_store
 from clipgen.settings import Settings
-from clipgen.status import JobView, is_finished, job_view
+from clipgen.status import JobView, is_finished, job_view, linked_event_data
 from clipgen.stores.base import BUCKETS, ClipStore
 
 PAGE = Path(__file__).with_name("job_page.html")
@@ -65,7 +65,16 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
 
     guarded = [Depends(authorized)]
 
-    async def known_job(job_id: UUID) -> UUID:
+    def job_uuid(job_id: str) -> UUID:
+        """The job id of the path; a malformed one is an unknown job (404), not a malformed request."""
+        try:
+            return UUID(job_id)
+        except ValueError:
+            raise HTTPException(404, "unknown job: job ids are UUIDs") from None
+
+    JobId = Annotated[UUID, Depends(job_uuid)]
+
+    async def known_job(job_id: JobId) -> UUID:
         # Checked before the stream starts: once an event stream has begun, it can no longer answer 404.
         if not await run_in_threadpool(store().events, job_id):
             raise HTTPException(404, f"unknown job {job_id}")
@@ -90,28 +99,32 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         return {"status": "ok"}
 
     @app.get("/jobs/{job_id}", dependencies=guarded)
-    async def status(job_id: UUID, request: Request) -> JobView:
+    async def status(job_id: JobId, request: Request) -> JobView:
         return await run_in_threadpool(
             _view, store(), job_id, _linker(request, store(), link_secret, settings)
         )
 
     @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=guarded)
     async def stream(
-        job_id: Annotated[UUID, Depends(known_job)], since: Annotated[int, Depends(resume_point)]
+        job_id: Annotated[UUID, Depends(known_job)],
+        since: Annotated[int, Depends(resume_point)],
+        request: Request,
     ) -> AsyncIterator[ServerSentEvent]:
         if await run_in_threadpool(_seen_the_end, store(), job_id, since):
             return
+        link = _linker(request, store(), link_secret, settings)
         while True:
             batch = await run_in_threadpool(store().events, job_id, since)
             for event in batch:
-                yield ServerSentEvent(id=str(event.id), event=event.event, data=event.data)
+                data = await run_in_threadpool(_linked, store(), job_id, event.data, link)
+                yield ServerSentEvent(id=str(event.id), event=event.event, data=data)
                 since = event.id
             if is_finished(batch):
                 return
             await asyncio.sleep(poll_interval_s)
 
     @app.get("/jobs/{job_id}/view", response_class=HTMLResponse, dependencies=guarded)
-    async def view(job_id: UUID, token: str | None = None) -> str:
+    async def view(job_id: JobId, token: str | None = None) -> str:
         config = json.dumps({"jobId": str(job_id), "token": token})
         return PAGE.read_text().replace("/*CONFIG*/null", config.replace("<", "\\u003c"))
 
@@ -137,6 +150,14 @@ def _view(store: ClipStore, job_id: UUID, link: Any) -> JobView:
     if found is None:
         raise HTTPException(404, f"unknown job {job_id}")
     return found
+
+
+def _linked(store: ClipStore, job_id: UUID, data: dict[str, Any], link: Any) -> dict[str, Any]:
+    """Event data as a browser can use it: links signed now, like `/jobs/{id}`'s, never the store's paths."""
+    if "video_url" not in data and "thumbnail_url" not in data:
+        return data
+    thumbnails = store.thumbnail_records(job_id) if "thumbnail_url" in data else []
+    return linked_event_data(data, store.clip_records(job_id), thumbnails, link)
 
 
 def _seen_the_end(store: ClipStore, job_id: UUID, since: int) -> bool:

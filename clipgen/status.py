@@ -89,6 +89,26 @@ def job_view(
     )
 
 
+def linked_event_data(
+    data: dict[str, Any],
+    records: Sequence[ClipRecord],
+    thumbnails: Sequence[ThumbnailRecord],
+    link: Link,
+) -> dict[str, Any]:
+    """An event's data with its object URLs replaced by links that open now (the log keeps what the flow
+    saw: a local store's file:// path, or a Storage link signed then). A URL whose object is not recorded
+    is dropped rather than passed on."""
+    index = data.get("clip_index")
+    linked = dict(data)
+    if "video_url" in data:
+        record = next((r for r in records if r.clip_index == index and r.video_path), None)
+        linked["video_url"] = link(VIDEO_BUCKET, record.video_path) if record and record.video_path else None
+    if "thumbnail_url" in data:
+        thumbnail = next((t for t in thumbnails if t.clip_index == index), None)
+        linked["thumbnail_url"] = link(THUMBNAIL_BUCKET, thumbnail.thumbnail_path) if thumbnail else None
+    return linked
+
+
 def _latest_run(log: Sequence[StoredEvent]) -> Sequence[StoredEvent]:
     starts = [i for i, e in enumerate(log) if e.event == events.START]
     return log[starts[-1] :] if starts else log

@@ -74,6 +74,15 @@ def start_job(
     return job_id, process
 
 
+def unsigned(event: ServerSentEvent) -> tuple[str, str, dict[str, Any]]:
+    """An event without its links' expiry and signature, which differ each time they are signed."""
+    data = json.loads(event.data)
+    for key in ("video_url", "thumbnail_url"):
+        if key in data:
+            data[key] = data[key].split("?")[0]
+    return event.id, event.event, data
+
+
 def wait_for_job(base: str, job_id: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while httpx.get(f"{base}/jobs/{job_id}").status_code == 404:
@@ -106,13 +115,25 @@ def test_a_live_subscriber_sees_the_whole_job_and_a_reconnect_resumes(
     assert core == [events.START] + [events.PROGRESS] * CLIPS + [events.COMPLETE]
     assert names.count(events.THUMBNAIL_READY) == CLIPS
     assert json.loads(live[-1].data)["successful_clips"] == CLIPS
+    # Event data carries links a browser can open, signed now as in /jobs/{id}, never the store's paths.
+    urls = [
+        data[key]
+        for e in live
+        for data in [json.loads(e.data)]
+        for key in ("video_url", "thumbnail_url")
+        if key in data
+    ]
+    assert len(urls) == 2 * CLIPS
+    for url in urls:
+        assert url.startswith(server) and "sig=" in url and "file:" not in url
+        assert httpx.get(url).status_code == 200
 
     # A reconnecting subscriber gets exactly what came after the id it last saw.
     resumed = subscribe(server, job_id, **{"Last-Event-ID": live[2].id})
     assert [e.id for e in resumed] == [e.id for e in live[3:]]
     # One that joins after the end gets the whole history, and the stream closes.
     late = subscribe(server, job_id)
-    assert [(e.id, e.event, e.data) for e in late] == [(e.id, e.event, e.data) for e in live]
+    assert [unsigned(e) for e in late] == [unsigned(e) for e in live]  # links are signed anew
     # One that already saw the final event is told so at once: the stream closes empty.
     assert subscribe(server, job_id, **{"Last-Event-ID": live[-1].id}) == []
     # A browser reconnecting to the page's `?after=` URL resumes from its own Last-Event-ID.
@@ -187,10 +208,13 @@ def latest_artifact(key: str) -> dict[str, Any]:
 
 
 def test_unknown_job_is_404_json(server: str) -> None:
-    for path in ("", "/events"):
-        response = httpx.get(f"{server}/jobs/{uuid4()}{path}")
-        assert response.status_code == 404
-        assert "unknown job" in response.json()["error"]
+    for job_id in (uuid4(), "nope", "not-a-uuid-%20"):
+        for path in ("", "/events", "/view"):
+            response = httpx.get(f"{server}/jobs/{job_id}{path}")
+            if path == "/view" and not isinstance(job_id, str):
+                continue  # the page of a job that has not started yet is served, and waits for it
+            assert response.status_code == 404, (job_id, path)
+            assert "unknown job" in response.json()["error"]
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
 
 
