@@ -15,36 +15,29 @@ paid call).
 from __future__ import annotations
 
 import argparse
-import base64
 import functools
-import io
-import json
 import os
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import pydantic
-from PIL import Image
 
 from clipgen import events
 from clipgen.backends import close_quietly, known_providers, known_stores, open_provider, open_store
 from clipgen.catalog import MODELS
-from clipgen.errors import MediaError, Problem, ValidationError, VideoGeneratorError
-from clipgen.job import ClipPrompts, Clips, GenerationOptions
-from clipgen.media import load_image
+from clipgen.errors import ValidationError, VideoGeneratorError
+from clipgen.job import Clips, GenerationOptions
+from clipgen.job_files import JobFile, read_job
 from clipgen.planning import JobPlan, plan_job, pydantic_problems
-from clipgen.references import MAX_IMAGE_BYTES, resolve_reference
+from clipgen.references import reference_resolver
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 POLL_S = 0.2
-MAX_INLINED_BYTES = MAX_IMAGE_BYTES
-"""All the image files one job may inline: they travel in the flow run's parameters and the queue row."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,28 +121,55 @@ def _job_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def _checked_job(
-    settings: Settings, args: argparse.Namespace
-) -> tuple[ClipPrompts, GenerationOptions, JobPlan]:
-    """The job and options from the command line, planned: every refusal happens here, before any call."""
-    job = load_job(args.job)
+    settings: Settings, args: argparse.Namespace, store_name: str
+) -> tuple[JobFile, GenerationOptions, JobPlan]:
+    """The job and options from the command line, planned: every refusal happens here, before any call.
+
+    The job's image files are staged (cached here, named by store:// reference), not uploaded yet: the
+    caller uploads them (`JobFile.upload`) once the job is accepted. The store is opened only if the job
+    itself names a store:// image that is not cached.
+    """
+    job_file = read_job(args.job, settings.reference_cache_dir)
     options = _options(settings, args)
-    plan = plan_job(
-        job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
-    )
-    return job, options, plan
+    opener = functools.partial(_open_store, store_name, settings, "--store")
+    with reference_resolver(settings.reference_cache_dir, opener) as resolve:
+        plan = plan_job(job_file.job, options, resolve)
+    return job_file, options, plan
+
+
+def _open_store(name: str, settings: Settings, flag: str) -> ClipStore:
+    """The store named `name`; a refusal naming `flag` for an unknown name or missing credentials."""
+    try:
+        return open_store(name, settings)
+    except (ValueError, ImportError, AttributeError) as exc:
+        raise ValidationError.one(flag, str(exc)) from exc
+
+
+def _uploaded(job_file: JobFile, store: ClipStore) -> bool:
+    """Put the job's images into the store before the job is sent; False (said on stderr) if that failed."""
+    try:
+        job_file.upload(store)
+    except (VideoGeneratorError, OSError) as exc:
+        print(f"failed: could not put the job's images into the store: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:
     settings = _settings()
-    job, options, plan = _checked_job(settings, args)
     provider = args.provider or settings.provider
     store_name = args.store or settings.store
+    job_file, options, plan = _checked_job(settings, args, store_name)
+    job = job_file.job
     try:
         # Built once here so a missing credential or unknown name is refused before the flow starts.
         close_quietly(open_provider(provider, settings))
         store = open_store(store_name, settings)
     except (ValueError, ImportError, AttributeError) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
+    if not _uploaded(job_file, store):
+        close_quietly(store)
+        return EXIT_FAILED
 
     price = "free local preview" if provider == "local" else "estimate"
     print(
@@ -197,17 +217,18 @@ def _submit(args: argparse.Namespace) -> int:
     from clipgen.stores.queue import JobBusy
 
     settings = _settings()
-    job, options, plan = _checked_job(settings, args)
     max_attempts = args.max_attempts if args.max_attempts is not None else settings.queue_max_attempts
     if max_attempts < 1:
         raise ValidationError.one("--max-attempts", "must be at least 1")
     store_name = args.store or settings.store
+    job_file, options, plan = _checked_job(settings, args, store_name)
+    job = job_file.job
+    store = _open_store(store_name, settings, "--store")
     try:
-        store = open_store(store_name, settings)
-    except (ValueError, ImportError, AttributeError) as exc:
-        raise ValidationError.one("--store", str(exc)) from exc
-    try:
-        queued = queue_of(store, store_name).enqueue_job(
+        queue = queue_of(store, store_name)
+        if not _uploaded(job_file, store):
+            return EXIT_FAILED
+        queued = queue.enqueue_job(
             job.job_id, job.model_dump(mode="json"), options.model_dump(mode="json"), max_attempts
         )
     except JobBusy as exc:
@@ -253,111 +274,6 @@ def _fake_replicate(args: argparse.Namespace) -> int:
     )
     serve(args.host, args.port, token=args.token, latency_s=args.latency)
     return EXIT_OK
-
-
-def load_job(path: Path) -> ClipPrompts:
-    """Read a job file. Image files it names (paths relative to the file, or file: URLs) are read here, on
-    the user's own machine, and inlined as data: URIs: the flow and its workers never read files named by
-    a job (unless VIDEO_GENERATOR_ALLOW_FILE_REFERENCES), and a queued job carries its images with it."""
-    try:
-        raw = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValidationError.one("JOB.json", f"cannot read {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValidationError.one(
-            "JOB.json", f"not UTF-8 text (byte {exc.start}): save it as UTF-8 JSON"
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise ValidationError.one(
-            "JOB.json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
-    if isinstance(raw, dict) and isinstance(raw.get("clip_prompts"), list):
-        _inline_files(raw["clip_prompts"], path.resolve().parent)
-    try:
-        return ClipPrompts.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        raise ValidationError(pydantic_problems(exc)) from exc
-
-
-def _inline_files(prompts: list[Any], base: Path) -> None:
-    """Replace every file reference in `prompts` by a data: URI of the file, or refuse naming the field."""
-    problems: list[Problem] = []
-    total = 0
-
-    def inline(ref: Any, field: str) -> Any:
-        nonlocal total
-        if not isinstance(ref, str) or not ref.strip() or not _plain_text(ref):
-            return ref  # the job model refuses what is not text (NUL, lone surrogates), naming the field
-        try:
-            parts = urlsplit(ref)
-            if parts.scheme and parts.scheme.lower() != "file":
-                return ref  # http(s) and data: are checked by planning; anything else is refused there
-            file = Path(unquote(parts.path)) if parts.scheme else Path(ref).expanduser()
-            data, mime = _read_image(base / file)  # an absolute `file` replaces `base`
-        except _NotInlined as exc:
-            problems.append(Problem(field, str(exc)))
-            return ref
-        except RuntimeError as exc:  # ~user of an unknown user
-            problems.append(Problem(field, f"cannot read {ref}: {exc}"))
-            return ref
-        except ValueError:  # not a URL (a malformed netloc): the job model refuses it, naming the field
-            return ref
-        total += len(data)
-        if total > MAX_INLINED_BYTES:
-            problems.append(
-                Problem(
-                    field,
-                    f"the job's image files add up to more than {MAX_INLINED_BYTES // 2**20} MB; they are "
-                    "sent inline with the job, so serve larger images over http(s) instead",
-                )
-            )
-            return ref
-        return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-    for position, prompt in enumerate(prompts):
-        if not isinstance(prompt, dict):
-            continue
-        where = f"clip_prompts[{position}]"
-        scene = prompt.get("scene_reference_url")
-        prompt["scene_reference_url"] = inline(scene, f"{where}.scene_reference_url")
-        for key in ("character_reference_urls", "object_reference_urls"):
-            if isinstance(prompt.get(key), list):
-                prompt[key] = [inline(ref, f"{where}.{key}[{i}]") for i, ref in enumerate(prompt[key])]
-    if problems:
-        raise ValidationError(problems)
-
-
-def _plain_text(value: str) -> bool:
-    if "\x00" in value:
-        return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class _NotInlined(Exception):
-    """Why a file named by a job cannot be inlined."""
-
-
-def _read_image(file: Path) -> tuple[bytes, str]:
-    """The bytes of an image file and its MIME type (from its decoded format), or _NotInlined."""
-    try:
-        if not file.is_file():
-            raise _NotInlined(f"file not found: {file}" if not file.exists() else f"not a file: {file}")
-        if file.stat().st_size > MAX_IMAGE_BYTES:
-            raise _NotInlined(f"{file} is larger than {MAX_IMAGE_BYTES // 2**20} MB")
-        data = file.read_bytes()
-    except OSError as exc:
-        raise _NotInlined(f"cannot read {file}: {exc.strerror or exc}") from exc
-    try:
-        load_image(file)  # decodes it whole, with the decompression-bomb check
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = (image.format or "").upper()
-    except (MediaError, OSError, ValueError) as exc:
-        raise _NotInlined(f"not an image ({exc})") from exc
-    return data, Image.MIME.get(image_format) or f"image/{image_format.lower()}"
 
 
 def _settings() -> Settings:

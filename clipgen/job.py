@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from clipgen.errors import ValidationError
+from clipgen.reference_objects import STORE_PREFIX, is_store_reference, parse_store_reference
+from clipgen.stores.base import REFERENCE_BUCKET
+
 MAX_TARGET_SECONDS = 60.0
 MAX_CLIP_INDEX = 2**31 - 1
 """clip_index is a PostgreSQL `integer` in the Supabase tables (SQLite's limit is higher)."""
@@ -47,12 +51,27 @@ def _text(value: str) -> str:
 
 
 def _reference(value: str) -> str:
+    """A reference image: an http(s) URL, a data: URI, a store:// reference (checked here, so the UI and the
+    API refuse a malformed one at once), or a path that only the CLI reads (the flow refuses it)."""
     _text(value)
     try:
         urlsplit(value)
     except ValueError as exc:
-        raise ValueError(f"not a URL, data: URI or path ({exc})") from None
+        raise ValueError(f"not a URL, data: URI, store:// reference or path ({exc})") from None
+    if is_store_reference(value):
+        try:
+            parse_store_reference(value, "")
+        except ValidationError as exc:
+            raise ValueError(exc.problems[0].message) from None
     return value
+
+
+_REFERENCE_HELP = (
+    "an http(s) URL of a public image; a data: URI (data:image/png;base64,...), for small images only, since "
+    "the job travels in the run's parameters (at most 512 KB in all); or "
+    f"{STORE_PREFIX}sha256/<hex>.<ext>, an image in the store's private {REFERENCE_BUCKET} bucket, which is "
+    "what the video-generator command (run, submit) turns a job file's image paths into after uploading them"
+)
 
 
 def _json_text_problem(value: Any, where: str = "") -> str | None:
@@ -94,10 +113,14 @@ class ClipPrompt(BaseModel):
         gt=0, le=MAX_TARGET_SECONDS, description="Target duration in seconds (before any buffer)."
     )
     scene_reference_url: str | None = Field(
-        None, description="Scene image: http(s) URL, file path or data URI. The start frame where possible."
+        None, description=f"Scene image, the start frame where possible: {_REFERENCE_HELP}."
     )
-    character_reference_urls: list[Reference] = Field(default_factory=list, description="Character images.")
-    object_reference_urls: list[Reference] = Field(default_factory=list, description="Object images.")
+    character_reference_urls: list[Reference] = Field(
+        default_factory=list, description=f"Character images, each {_REFERENCE_HELP}."
+    )
+    object_reference_urls: list[Reference] = Field(
+        default_factory=list, description=f"Object images, each {_REFERENCE_HELP}."
+    )
     metadata: dict[str, Any] = Field(default_factory=dict, description="Carried through to the clip.")
 
     @field_validator("prompt")

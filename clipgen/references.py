@@ -1,5 +1,5 @@
-"""Reference images: http(s) URLs, data URIs and (when allowed) file paths, checked and made local before any
-paid call.
+"""Reference images: http(s) URLs, data URIs, store:// objects and (when allowed) file paths, checked and made
+local before any paid call.
 
 Each reference is verified to decode as an image and kept in a content-addressed cache (the file name is
 the sha256 of the bytes), so the renderer (or a later upload to a provider) reads a local file, and a changed
@@ -16,7 +16,12 @@ untrusted input:
   those are refused) and the connection goes to the address that was checked (`_PinnedTransport`), so a DNS
   answer that changes between the check and the connect cannot redirect the fetch. Loopback alone can be
   allowed for local staging (VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES); private ranges never are.
-- **data:** URIs are decoded; the CLI inlines the files of a job this way (see `clipgen.cli.load_job`).
+- **data:** URIs are decoded. Small ones only: a job travels in the flow run's parameters (Prefect refuses
+  more than 512 KB) and in the queue row, so the CLI uploads larger ones, like a job's files, to the store.
+- **store://clip-references/sha256/<hex>.<ext>** names an image the CLI uploaded (`clipgen.job_files`,
+  `clipgen.reference_objects`). Its name is its sha256, which is also the cache's key: an image in the
+  cache is used without asking the store; otherwise it is read through the store, its hash checked against
+  the name, and decoded like a data: URI. No other bucket, and no other path, can be named.
 - **File paths and file: URLs** would let a job read any file on the worker, so they are refused unless
   VIDEO_GENERATOR_ALLOW_FILE_REFERENCES is set.
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -37,7 +43,8 @@ import re
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -45,6 +52,8 @@ import httpx
 
 from clipgen.errors import MediaError, ValidationError
 from clipgen.media import load_image
+from clipgen.reference_objects import STORE_SCHEME, parse_store_reference, read_reference_object
+from clipgen.stores.base import ClipStore
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FETCH_TIMEOUT_S = 15.0
@@ -55,6 +64,8 @@ MAX_REDIRECTS = 3
 SHORT_REF_CHARS = 60
 LOOPBACK_HINT = "set VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES=true to allow loopback for local staging"
 
+StoreOpener = Callable[[], ClipStore]
+"""Opens the store that store:// references are read from; called only when one is not in the cache."""
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -76,11 +87,18 @@ class ReferencePolicy:
         )
 
 
-def resolve_reference(ref: str, field: str, cache_dir: Path, policy: ReferencePolicy | None = None) -> Path:
+def resolve_reference(
+    ref: str,
+    field: str,
+    cache_dir: Path,
+    policy: ReferencePolicy | None = None,
+    store: StoreOpener | None = None,
+) -> Path:
     """A local path to a verified image for `ref`, or ValidationError naming `field`.
 
-    For http(s) and data: references the path is content-addressed: the same bytes give the same path, other
-    bytes another path, and the file at a path never changes.
+    For http(s), data: and store:// references the path is content-addressed: the same bytes give the same
+    path, other bytes another path, and the file at a path never changes. `store` is needed only for a
+    store:// reference whose image is not in the cache yet.
     """
     policy = policy or ReferencePolicy.from_settings()
     try:
@@ -90,12 +108,57 @@ def resolve_reference(ref: str, field: str, cache_dir: Path, policy: ReferencePo
     if scheme in ("http", "https"):
         return _resolve_url(ref, field, cache_dir, policy.allow_loopback).resolve()
     if scheme == "data":
-        return _store_verified(cache_dir, _decode_data_uri(ref, field), field, "the data URI").resolve()
+        return cache_image(decode_data_uri(ref, field), field, cache_dir, "the data URI")
+    if scheme == STORE_SCHEME:
+        return _resolve_stored(ref, field, cache_dir, store)
     if scheme == "file" or not scheme:
         return _resolve_file(ref, scheme, field, policy)
     raise ValidationError.one(
-        field, f"unsupported reference {short_ref(ref)!r}: use an http(s) URL or a data: URI"
+        field,
+        f"unsupported reference {short_ref(ref)!r}: use an http(s) URL, a data: URI or a "
+        f"{STORE_SCHEME}:// reference",
     )
+
+
+@contextmanager
+def reference_resolver(
+    cache_dir: Path, open_store: StoreOpener, policy: ReferencePolicy | None = None
+) -> Iterator[Callable[[str, str], Path]]:
+    """A resolver for planning (`clipgen.planning.Resolver`) that opens the store the first time a
+    store:// reference is not in the cache, keeps it for the job's other references, and closes it after."""
+    opened: list[ClipStore] = []
+
+    def store() -> ClipStore:
+        if not opened:
+            opened.append(open_store())
+        return opened[0]
+
+    try:
+        yield functools.partial(resolve_reference, cache_dir=cache_dir, policy=policy, store=store)
+    finally:
+        for each in opened:
+            close = getattr(each, "close", None)
+            if callable(close):
+                close()
+
+
+def cache_image(data: bytes, field: str, cache_dir: Path, shown: str) -> Path:
+    """`data` in the cache under its content name, once it has decoded as an image; ValidationError naming
+    `field` (and calling the image `shown`) if it does not."""
+    return _store_verified(cache_dir, data, field, shown).resolve()
+
+
+def _resolve_stored(ref: str, field: str, cache_dir: Path, store: StoreOpener | None) -> Path:
+    """An image of the references bucket: from the cache when there (its name is the same sha256), else
+    read through the store, checked against its name and decoded before it is cached."""
+    obj = parse_store_reference(ref, field)
+    cached = cache_dir / f"sha256-{obj.digest}"
+    if cached.is_file():  # only verified bytes are ever written under a content name
+        return cached.resolve()
+    if store is None:
+        raise ValidationError.one(field, f"{obj.reference} is not cached here and no store was given")
+    data = read_reference_object(store(), obj, field, MAX_IMAGE_BYTES)
+    return cache_image(data, field, cache_dir, obj.reference)
 
 
 def _resolve_file(ref: str, scheme: str, field: str, policy: ReferencePolicy) -> Path:
@@ -104,7 +167,8 @@ def _resolve_file(ref: str, scheme: str, field: str, policy: ReferencePolicy) ->
         raise ValidationError.one(
             field,
             f"file references are refused: {short_ref(ref)} would be read on the worker. Use an http(s) "
-            "URL or a data: URI (the video-generator CLI inlines files as data: URIs), or set "
+            "URL or a data: URI (the video-generator command uploads a job's files to the store and names "
+            f"them {STORE_SCHEME}://), or set "
             "VIDEO_GENERATOR_ALLOW_FILE_REFERENCES=true on the worker to allow file paths",
         )
     path = Path(unquote(urlsplit(ref).path)) if scheme == "file" else Path(ref).expanduser()
@@ -440,7 +504,8 @@ def _read_body(response: httpx.Response, field: str, shown: str, deadline: float
     return b"".join(chunks)
 
 
-def _decode_data_uri(uri: str, field: str) -> bytes:
+def decode_data_uri(uri: str, field: str) -> bytes:
+    """The bytes of a base64 data: URI, or ValidationError naming `field`."""
     header, sep, payload = uri.partition(",")
     if not sep or not header.endswith(";base64"):
         raise ValidationError.one(field, "data URI must be base64: data:image/...;base64,...")

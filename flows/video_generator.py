@@ -40,7 +40,7 @@ from clipgen.pipeline import (
     tidy_work_dir,
 )
 from clipgen.planning import ClipPlan, JobPlan, plan_job
-from clipgen.references import resolve_reference
+from clipgen.references import reference_resolver
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 from tasks.clips import generate_clip, generate_thumbnail, retry_delays
@@ -89,9 +89,10 @@ def generate_video_clips(
     options = options or settings.default_options()
     provider = provider or settings.provider
     store = store or settings.store
-    plan = plan_job(
-        job, options, functools.partial(resolve_reference, cache_dir=settings.reference_cache_dir)
-    )
+    # store:// images are read through the run's store, opened only if one is not cached on this worker.
+    opener = functools.partial(open_store, store, settings)
+    with reference_resolver(settings.reference_cache_dir, opener) as resolve:
+        plan = plan_job(job, options, resolve)
     run_context = FlowRunContext.get()
     assert run_context is not None and run_context.flow_run is not None
     run = run_context.flow_run

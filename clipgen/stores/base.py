@@ -11,7 +11,10 @@ from pydantic import BaseModel, Field
 
 VIDEO_BUCKET = "video-clips"
 THUMBNAIL_BUCKET = "clip-thumbnails"
-BUCKETS = (VIDEO_BUCKET, THUMBNAIL_BUCKET)
+REFERENCE_BUCKET = "clip-references"
+"""A job's reference images, content-addressed (`sha256/<hex>.<ext>`, clipgen.reference_objects), so a job
+names its images with short `store://` references instead of carrying their bytes."""
+BUCKETS = (VIDEO_BUCKET, THUMBNAIL_BUCKET, REFERENCE_BUCKET)
 
 ClipStatus = Literal["running", "success", "failed"]
 # The states of one paid request; clipgen.paid_work owns the transitions between them:
@@ -122,7 +125,7 @@ class StoredEvent(BaseModel):
 
 
 class ClipStore(Protocol):
-    """Files in two private buckets plus three tables. Every write is safe to repeat."""
+    """Files in three private buckets plus tables. Every write is safe to repeat."""
 
     def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
         """Copy `source` into the bucket at `path`, replacing what is there. Never leaves half a file."""
@@ -130,6 +133,15 @@ class ClipStore(Protocol):
 
     def signed_url(self, bucket: str, path: str) -> str:
         """A fresh link to read an object."""
+        ...
+
+    def has_object(self, bucket: str, path: str) -> bool:
+        """Whether an object is stored at `path` (so a content-addressed one need not be sent again)."""
+        ...
+
+    def read_object(self, bucket: str, path: str, dest: Path) -> None:
+        """Copy the object at `path` to the file `dest`, replacing it whole; FileNotFoundError when there is
+        no such object."""
         ...
 
     def upsert_clip(self, record: ClipRecord) -> None:

@@ -197,19 +197,7 @@ class LocalStore:
         # content_type only matters to HTTP-serving stores; a local file has none to keep.
         dest = self._object_path(bucket, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(source, "rb") as src:  # opened first: a missing source fails before any temp file exists
-            # The temp file sits in the destination directory so os.replace is a same-filesystem rename:
-            # readers see the old file or the whole new one, never a partial copy.
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as tmp:
-                    shutil.copyfileobj(src, tmp, 1024 * 1024)
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-                os.replace(tmp_name, dest)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
+        _copy_atomically(source, dest)
         return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
 
     def signed_url(self, bucket: str, path: str) -> str:
@@ -217,6 +205,16 @@ class LocalStore:
         if not target.is_file():
             raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}")
         return target.resolve().as_uri()
+
+    def has_object(self, bucket: str, path: str) -> bool:
+        return self._object_path(bucket, path).is_file()
+
+    def read_object(self, bucket: str, path: str, dest: Path) -> None:
+        # put_object under another name: the same atomic copy, from the bucket to `dest`.
+        source = self._object_path(bucket, path)
+        if not source.is_file():
+            raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}")
+        _copy_atomically(source, dest)
 
     # -- records -------------------------------------------------------------------------------------
 
@@ -519,6 +517,22 @@ _RENEW_LEASE = (
     "UPDATE clips SET lease_expires_at = :expires "
     "WHERE job_id = :job_id AND clip_index = :clip_index AND lease_owner = :owner"
 )
+
+
+def _copy_atomically(source: Path, dest: Path) -> None:
+    """Copy `source` over `dest`: readers see the old file or the whole new one, never a partial copy."""
+    with open(source, "rb") as src:  # opened first: a missing source fails before any temp file exists
+        # The temp file sits in the destination directory so os.replace is a same-filesystem rename.
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                shutil.copyfileobj(src, tmp, 1024 * 1024)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, dest)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
 
 def _prediction_params(record: PredictionRecord) -> dict[str, Any]:

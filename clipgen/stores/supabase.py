@@ -1,7 +1,9 @@
-"""The Supabase store: clips and thumbnails in private Storage buckets, records in Postgres (PostgREST).
+"""The Supabase store: clips, thumbnails and reference images in private Storage buckets, records in Postgres
+(PostgREST).
 
 Traps this module keeps clear of (FACTS.md): the default upload content type is text/plain, so it is always
-given; `upsert` must be the string "true"; private buckets are read through signed links only. Uploads pass
+given; `upsert` must be the string "true"; private buckets are read through signed links only (the store
+itself reads reference images back with the service key, as an authenticated download). Uploads pass
 the file's path, so storage3 streams it from disk instead of holding the clip in memory. The object path is
 deterministic, so a retried upload overwrites rather than duplicates, and it is kept beside the signed link
 so the link can be re-signed when it expires.
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -105,6 +109,32 @@ class SupabaseStore:
         files = self._client.storage.from_(bucket)
         signed = _retry(f"sign {bucket}/{path}", lambda: files.create_signed_url(path, self._ttl_s))
         return str(signed["signedURL"])
+
+    def has_object(self, bucket: str, path: str) -> bool:
+        self._ensure_buckets()  # storage3's exists() raises, not False, for a missing bucket
+        files = self._client.storage.from_(bucket)
+        return bool(_retry(f"look up {bucket}/{path}", lambda: files.exists(path)))
+
+    def read_object(self, bucket: str, path: str, dest: Path) -> None:
+        files = self._client.storage.from_(bucket)
+        try:
+            # GET /object/{bucket}/{path} with the service key (private buckets); storage3 reads it whole,
+            # which suits the images this is for (each at most references.MAX_IMAGE_BYTES).
+            data = _retry(f"download {bucket}/{path}", lambda: files.download(path))
+        except PermanentError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, StorageApiError) and _status(cause) == 404:  # no such object or bucket
+                raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}") from exc
+            raise
+        # Written beside `dest` and renamed, as the local store does: a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
     def _ensure_buckets(self) -> None:
         with self._lock:
