@@ -197,7 +197,7 @@ class PrefectStack:
     """A running Prefect server with the project's deployments and a worker.
 
     `env` is the environment of the CLI calls and the workers (PREFECT_API_URL, PREFECT_HOME,
-    VIDEO_GENERATOR_HOME, VIDEO_GENERATOR_DATA_DIR, ...); `database_url` is the server's database.
+    VIDEO_GENERATOR_DATA_DIR, ...); `database_url` is the server's database.
     """
 
     api_url: str
@@ -634,9 +634,7 @@ def start_prefect_stack(root: Path, *, database: str | None = None) -> Iterator[
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
             "COLUMNS": "200",  # rich wraps CLI output at the terminal width; keep messages on one line
-            # prefect.yaml's pull step: `set_working_directory: {{ $VIDEO_GENERATOR_HOME }}`. `prefect deploy`
-            # resolves it as it deploys (the deployment stores the path), not when a worker runs it.
-            "VIDEO_GENERATOR_HOME": str(REPO),
+            # No VIDEO_GENERATOR_HOME: `prefect deploy` stores this checkout's path, as the README says.
             "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
             "VIDEO_GENERATOR_RETRY_BACKOFF_SECONDS": "0.05",
         }

@@ -3,12 +3,19 @@ deployments/serve.py serves the same deployments (names, schedules, limits) from
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
+from clipgen.backends import known_providers, known_stores
+from clipgen.catalog import MODELS
+from clipgen.job import GenerationOptions
+from clipgen.run_parameters import BUILT_IN_PROVIDERS, BUILT_IN_STORES
+from deployments.checkout import HOME_VARIABLE, CheckoutNotFound, deployed_from, enter_checkout
 from deployments.serve import deployment_configs, runner_deployments
 from tests.conftest import REPO
 
@@ -61,3 +68,60 @@ def test_serve_builds_the_same_deployments() -> None:
     assert queue.parameters == {"max_jobs": 10}
     assert served["video-generator-on-demand"].enforce_parameter_schema
     assert not served["video-generator-on-demand"].schedules
+
+
+def test_the_run_form_shows_choices_and_defaults_as_values() -> None:
+    """The schema the UI renders (the e2e test reads the same from the API after `prefect deploy`)."""
+    flow = load_flow_from_entrypoint(str(REPO / deployments()["video-generator-on-demand"]["entrypoint"]))
+    schema = parameter_schema(flow.fn).model_dump()
+    parameters = schema["properties"]
+    options = schema["definitions"]["GenerationOptions"]["properties"]
+    assert options["model"]["enum"] == list(MODELS)
+    assert set(options["aspect_ratio"]["enum"]) == {r for spec in MODELS.values() for r in spec.aspect_ratios}
+    assert parameters["provider"]["enum"] == ["worker-default", *BUILT_IN_PROVIDERS]
+    assert parameters["store"]["enum"] == ["worker-default", *BUILT_IN_STORES]
+    assert set(BUILT_IN_PROVIDERS) <= set(known_providers())
+    assert set(BUILT_IN_STORES) <= set(known_stores())
+    assert parameters["options"]["default"] == GenerationOptions().model_dump(mode="json")
+    assert {parameters["provider"]["default"], parameters["store"]["default"]} == {"worker-default"}
+    # No `null` to toggle: the UI would show options as "None" until switched.
+    assert "anyOf" not in parameters["options"] and "anyOf" not in parameters["provider"]
+    assert options["clip_timeout_s"]["anyOf"][1] == {"type": "null", "title": "Model's own"}
+
+
+def test_the_pull_step_enters_the_checkout_deployed_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    deployed = deployed_from()["directory"]
+    assert deployed == str(REPO)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(HOME_VARIABLE, raising=False)
+    assert enter_checkout(deployed) == {"directory": str(REPO)}
+    assert Path.cwd() == REPO
+
+
+def test_video_generator_home_on_the_worker_overrides_the_deployed_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "srv" / "video-generator"
+    (elsewhere / "flows").mkdir(parents=True)
+    (elsewhere / "flows" / "video_generator.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(HOME_VARIABLE, str(elsewhere))
+    assert enter_checkout("/where/it/was/deployed") == {"directory": str(elsewhere)}
+
+    monkeypatch.setenv(HOME_VARIABLE, str(tmp_path / "nothing"))
+    with pytest.raises(CheckoutNotFound, match=r"VIDEO_GENERATOR_HOME=.*nothing .*fix VIDEO_GENERATOR_HOME"):
+        enter_checkout(str(REPO))
+    monkeypatch.delenv(HOME_VARIABLE)
+    with pytest.raises(CheckoutNotFound, match=r"deployment's path /gone .*set VIDEO_GENERATOR_HOME"):
+        enter_checkout("/gone")
+
+
+def test_prefect_yaml_wires_the_checkout_steps() -> None:
+    raw = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    assert raw["build"] == [{"deployments.checkout.deployed_from": {"id": "checkout"}}]
+    assert raw["pull"] == [
+        {"deployments.checkout.enter_checkout": {"deployed_from": "{{ checkout.directory }}"}}
+    ]

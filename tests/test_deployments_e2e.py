@@ -20,8 +20,9 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import PrefectHTTPStatusError
 from selenium import webdriver
 
-from clipgen.cli import load_job
-from clipgen.job import ClipPrompts
+from clipgen.catalog import MODELS
+from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.job_files import load_job
 from clipgen.stores.local import LocalStore
 from tests.browser import SCREENSHOTS, headless_chromium
 from tests.conftest import EXAMPLE_JOB, REPO
@@ -30,17 +31,23 @@ from tests.prefect_stack import ON_DEMAND, PrefectStack
 pytest_plugins = ["tests.prefect_stack"]
 
 
-def _example_job() -> ClipPrompts:
-    """examples/job.json with a fresh job id (the stack is shared), its image paths made absolute."""
-    return load_job(EXAMPLE_JOB).model_copy(update={"job_id": uuid4()})
+def _example_job(stack: PrefectStack) -> ClipPrompts:
+    """examples/job.json with a fresh job id (the stack is shared), its images in the stack's store."""
+    job = load_job(EXAMPLE_JOB, LocalStore(stack.data_dir), stack.data_dir / "cache" / "references")
+    return job.model_copy(update={"job_id": uuid4()})
 
 
 @pytest.fixture(scope="module")
 def finished_run(prefect_stack: PrefectStack) -> tuple[ClipPrompts, FlowRun]:
     """The example job run once through the on-demand deployment, for the tests that look at the result."""
-    job = _example_job()
+    job = _example_job(prefect_stack)
     parameters = {"job": job.model_dump(mode="json"), "options": {"concurrency": 5}}
     return job, prefect_stack.run_deployment(ON_DEMAND, parameters)
+
+
+def _one_clip_job() -> dict[str, Any]:
+    clip = {"clip_index": 0, "prompt": "a lantern", "duration": 4.0}
+    return {"job_id": str(uuid4()), "clip_prompts": [clip]}
 
 
 def _runs_of(stack: PrefectStack, deployment_id: UUID) -> list[FlowRun]:
@@ -67,11 +74,54 @@ def test_the_on_demand_deployment_enforces_a_typed_parameter_schema(prefect_stac
     assert schema["properties"]["job"]["$ref"] == "#/definitions/ClipPrompts"
     options = json.dumps(schema["properties"]["options"])
     assert "#/definitions/GenerationOptions" in options
-    # The pull step puts flow runs in the repository. `{{ $VIDEO_GENERATOR_HOME }}` is resolved by
-    # `prefect deploy`: the deployment stores the deployer's path, and workers must have the code there.
+    # Deployed as the README says, with no extra environment: runs start in the checkout deployed from.
     assert deployment.pull_steps == [
-        {"prefect.deployments.steps.set_working_directory": {"directory": str(prefect_stack.repo)}}
+        {"deployments.checkout.enter_checkout": {"deployed_from": str(prefect_stack.repo)}}
     ]
+
+
+def test_the_run_form_offers_choices_with_descriptions_and_defaults(prefect_stack: PrefectStack) -> None:
+    """What the Prefect UI builds its run form from: the deployment's schema, as the API returns it."""
+    with prefect_stack.client() as client:
+        schema = client.read_deployment_by_name(ON_DEMAND).parameter_openapi_schema
+    assert schema is not None
+    parameters = schema["properties"]
+    options = schema["definitions"]["GenerationOptions"]["properties"]
+    choices = {
+        "model": options["model"],
+        "aspect_ratio": options["aspect_ratio"],
+        "provider": parameters["provider"],
+        "store": parameters["store"],
+    }
+    assert choices["model"]["enum"] == list(MODELS)
+    assert choices["aspect_ratio"]["enum"] == ["16:9", "9:16", "1:1", "3:2"]
+    assert choices["provider"]["enum"] == ["worker-default", "local", "replicate"]
+    assert choices["store"]["enum"] == ["worker-default", "local", "supabase"]
+    for name, choice in choices.items():
+        assert choice["type"] == "string", name
+        assert choice["default"] in choice["enum"], name
+        assert len(choice["description"]) > 40, name
+    assert "cogvideox: 3:2" in choices["aspect_ratio"]["description"]
+    assert "VIDEO_GENERATOR_PROVIDER" in choices["provider"]["description"]
+    # Defaults are values: the form opens with them filled in, not with a None to toggle.
+    assert parameters["options"]["default"] == GenerationOptions().model_dump(mode="json")
+    assert all("default" in option for option in options.values())
+    assert "Use JSON input" in parameters["job"]["description"]
+    assert schema["required"] == ["job"]
+
+
+def test_a_run_with_the_forms_defaults_completes(prefect_stack: PrefectStack) -> None:
+    """Run pressed with only a job filled in: the form sends its defaults (provider and store
+    `worker-default`, the default options); an API call may send the job alone."""
+    with prefect_stack.client() as client:
+        schema = client.read_deployment_by_name(ON_DEMAND).parameter_openapi_schema
+    assert schema is not None
+    defaults = {name: p["default"] for name, p in schema["properties"].items() if "default" in p}
+    for parameters in ({"job": _one_clip_job()} | defaults, {"job": _one_clip_job()}):
+        run = prefect_stack.run_deployment(ON_DEMAND, parameters)
+        assert run.state is not None
+        assert run.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+        assert run.state.message == "1/1 clips"
 
 
 def test_a_run_from_the_deployment_makes_every_clip(
@@ -120,7 +170,7 @@ def test_a_run_from_the_deployment_makes_every_clip(
 def test_the_server_refuses_a_run_whose_parameters_break_the_schema(
     prefect_stack: PrefectStack, change: Any, detail: str
 ) -> None:
-    job = _example_job().model_dump(mode="json")
+    job = _example_job(prefect_stack).model_dump(mode="json")
     change(job)
     with prefect_stack.client() as client:
         deployment_id = client.read_deployment_by_name(ON_DEMAND).id
@@ -168,6 +218,53 @@ def test_an_extra_worker_takes_the_runs_of_its_queue_with_its_own_environment(
     assert [r.status for r in LocalStore(other_data).clip_records(job.job_id)] == ["success"]
     assert LocalStore(prefect_stack.data_dir).clip_records(job.job_id) == []
     assert not worker.alive()
+
+
+def test_a_worker_whose_checkout_is_elsewhere_sets_video_generator_home(
+    prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    """The override is read by the worker when each run starts: runs go to its checkout, not the deployer's.
+    A relative data dir shows where the run worked (it lands inside the override's checkout)."""
+    elsewhere = tmp_path / "srv" / "video-generator"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "flows").symlink_to(REPO / "flows")  # this checkout's code, at another path
+    worker = prefect_stack.start_worker(
+        "e2e-elsewhere",
+        work_queue="e2e-elsewhere",
+        env={"VIDEO_GENERATOR_HOME": str(elsewhere), "VIDEO_GENERATOR_DATA_DIR": "relative-data"},
+    )
+    job = _one_clip_job()
+    try:
+        run = prefect_stack.run_deployment(ON_DEMAND, {"job": job}, work_queue_name="e2e-elsewhere")
+    finally:
+        worker.stop()
+
+    assert run.state is not None
+    assert run.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+    records = LocalStore(elsewhere / "relative-data").clip_records(UUID(job["job_id"]))
+    assert [r.status for r in records] == ["success"]
+    assert not (REPO / "relative-data").exists()
+
+
+def test_a_wrong_video_generator_home_ends_the_run_with_what_to_fix(
+    prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-checkout-here"
+    worker = prefect_stack.start_worker(
+        "e2e-wrong-home", work_queue="e2e-wrong-home", env={"VIDEO_GENERATOR_HOME": str(missing)}
+    )
+    try:
+        run = prefect_stack.run_deployment(
+            ON_DEMAND, {"job": _one_clip_job()}, work_queue_name="e2e-wrong-home"
+        )
+    finally:
+        worker.stop()
+
+    assert run.state is not None
+    assert run.state.type in (StateType.CRASHED, StateType.FAILED)
+    logs = prefect_stack.flow_run_logs(run.id)
+    assert f"no video-generator checkout at VIDEO_GENERATOR_HOME={missing}" in logs, logs
+    assert "fix VIDEO_GENERATOR_HOME on this worker" in logs, logs
 
 
 def test_scheduled_deployments_get_their_runs(prefect_stack: PrefectStack) -> None:
