@@ -5,6 +5,7 @@ Unknown extra fields in a job are ignored, so an upstream that adds fields does 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -21,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from clipgen.catalog import MODELS
 from clipgen.errors import ValidationError
 from clipgen.reference_objects import STORE_PREFIX, is_store_reference, parse_store_reference
 from clipgen.stores.base import REFERENCE_BUCKET
@@ -194,26 +196,82 @@ class ClipPrompts(BaseModel):
         return self
 
 
+MODEL_CHOICES: tuple[str, ...] = tuple(MODELS)
+ASPECT_RATIO_CHOICES: tuple[str, ...] = tuple(
+    dict.fromkeys(ratio for spec in MODELS.values() for ratio in spec.aspect_ratios)
+)
+"""Every ratio some model offers, in catalog order; the plan refuses one the chosen model lacks."""
+
+_MODEL_HELP = "Video model (catalog key): " + "; ".join(
+    f"`{spec.key}` {spec.title}{', needs a scene image' * spec.requires_image}" for spec in MODELS.values()
+)
+_ASPECT_RATIO_HELP = (
+    "Width:height of every clip. Each model offers only some ("
+    + "; ".join(f"{spec.key}: {', '.join(spec.aspect_ratios)}" for spec in MODELS.values())
+    + "); a ratio the chosen model lacks is refused, naming options.aspect_ratio, before anything is paid."
+)
+
+
+def _either(value: str, none: str) -> Callable[[dict[str, Any]], None]:
+    """Names the two sides of an `X | None` field's schema: a form labels them by title, else "null"."""
+
+    def name_branches(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", []):
+            branch["title"] = none if branch.get("type") == "null" else value
+
+    return name_branches
+
+
 class GenerationOptions(BaseModel):
-    """How to generate a job. Defaults come from settings when the caller gives none (see settings.py)."""
+    """How to generate a job.
+
+    The defaults below are the built-in ones. A run takes the worker's VIDEO_GENERATOR_* settings for every
+    option its caller did not set (`run_parameters.options_for_run`); options given are used as given.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str = Field("kling-v2.5-turbo", description="Catalog key of the video model.")
-    aspect_ratio: str = Field("16:9", pattern=r"^\d{1,2}:\d{1,2}$", description="Width:height, e.g. 16:9.")
-    concurrency: int = Field(5, ge=1, le=50, description="Clips generated at once.")
-    min_success: int = Field(3, ge=1, description="Clips needed for success; capped at the number of clips.")
+    # The JSON schema lists the choices (the Prefect UI shows them as selects); Python callers get the
+    # same check from the plan, which names the field and the choices.
+    model: str = Field(
+        "kling-v2.5-turbo", description=_MODEL_HELP, json_schema_extra={"enum": list(MODEL_CHOICES)}
+    )
+    aspect_ratio: str = Field(
+        "16:9",
+        pattern=r"^\d{1,2}:\d{1,2}$",
+        description=_ASPECT_RATIO_HELP,
+        json_schema_extra={"enum": list(ASPECT_RATIO_CHOICES)},
+    )
+    concurrency: int = Field(
+        5, ge=1, le=50, description="Clips generated at once (worker setting VIDEO_GENERATOR_CONCURRENCY)."
+    )
+    min_success: int = Field(
+        3,
+        ge=1,
+        description="Clips needed for the run to succeed; capped at the number of clips (worker setting "
+        "VIDEO_GENERATOR_MIN_CLIPS).",
+    )
     clip_timeout_s: float | None = Field(
-        None, gt=0, le=3600, description="Per-clip deadline; None means the model's own (120 s by default)."
+        None,
+        gt=0,
+        le=3600,
+        description="Per-clip deadline in seconds, or the model's own (120 s for most; worker setting "
+        "VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS).",
+        json_schema_extra=_either("Seconds", "Model's own"),
     )
     duration_buffer: float = Field(
-        1.25, ge=1.0, le=2.0, description="Multiplier on the target for continuous-duration models."
+        1.25,
+        ge=1.0,
+        le=2.0,
+        description="Multiplier on the target duration for continuous-duration models (worker setting "
+        "VIDEO_GENERATOR_DURATION_BUFFER).",
     )
     budget_usd: float | None = Field(
         None,
         gt=0,
         description="Refuse jobs whose estimate exceeds this, and create no paid request once every run's "
         "spend on the job plus the request would pass it.",
+        json_schema_extra=_either("USD", "No budget"),
     )
     retry_failed: bool = Field(
         False,

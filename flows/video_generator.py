@@ -22,6 +22,7 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic.json_schema import SkipJsonSchema
 
 from clipgen import events
 from clipgen.backends import Backends, close_quietly, open_provider, open_store, run_backends
@@ -41,11 +42,14 @@ from clipgen.pipeline import (
 )
 from clipgen.planning import ClipPlan, JobPlan, plan_job
 from clipgen.references import reference_resolver
+from clipgen.run_parameters import WORKER_DEFAULT, ProviderName, StoreName, backend_name, options_for_run
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 from tasks.clips import generate_clip, generate_thumbnail, retry_delays
 
 THUMBNAIL_WORKERS = 2
+DEFAULT_OPTIONS = GenerationOptions()
+"""Sets no option, so each takes the worker's setting; the run form shows the built-in defaults."""
 
 
 def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
@@ -57,8 +61,8 @@ def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State
     settings = Settings()
     parameters = flow_run.parameters
     job_id = UUID(str((parameters.get("job") or {}).get("job_id")))
-    provider_name = parameters.get("provider") or settings.provider
-    store_name = parameters.get("store") or settings.store
+    provider_name = backend_name(parameters.get("provider"), settings.provider)
+    store_name = backend_name(parameters.get("store"), settings.store)
     provider, store = open_provider(provider_name, settings), open_store(store_name, settings)
     try:
         JobWork(store, provider, owner=str(flow_run.id)).settle_at_end(job_id, run_started=None)
@@ -76,19 +80,31 @@ def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State
 )
 def generate_video_clips(
     job: ClipPrompts,
-    options: GenerationOptions | None = None,
-    provider: str | None = None,
-    store: str | None = None,
+    options: GenerationOptions | SkipJsonSchema[None] = DEFAULT_OPTIONS,
+    provider: ProviderName | SkipJsonSchema[None] = WORKER_DEFAULT,
+    store: StoreName | SkipJsonSchema[None] = WORKER_DEFAULT,
 ) -> State[Clips]:
-    """Generate every clip of `job`; Completed with at least min_success clips, Failed otherwise.
+    """Generate every clip of a job; Completed with at least min_success clips, Failed otherwise.
 
-    `options` default to the environment's settings; `provider` and `store` to VIDEO_GENERATOR_PROVIDER
-    and VIDEO_GENERATOR_STORE (both `local` unless set).
+    Args:
+        job: The job: a job_id (any UUID; the same id again reuses the clips it has) and its clip prompts.
+            To paste a whole job as JSON (e.g. examples/job.json), choose "Use JSON input" in this field's
+            menu.
+        options: How to generate the job. Options left out (e.g. by an API call) take the worker's
+            VIDEO_GENERATOR_* settings; the form sends the values it shows.
+        provider: Where clips are made. `worker-default`: the worker's VIDEO_GENERATOR_PROVIDER (`local`
+            unless set; it may name a provider of its own, `module:factory`). `local`: the preview renderer,
+            free, no network. `replicate`: the models on Replicate, paid, with the worker's
+            REPLICATE_API_TOKEN.
+        store: Where clips, thumbnails and progress are kept. `worker-default`: the worker's
+            VIDEO_GENERATOR_STORE (`local` unless set; it may name a store of its own). `local`: files and
+            SQLite in the worker's VIDEO_GENERATOR_DATA_DIR. `supabase`: Storage and Postgres, with the
+            worker's SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY.
     """
     settings = Settings()
-    options = options or settings.default_options()
-    provider = provider or settings.provider
-    store = store or settings.store
+    options = options_for_run(options, settings)
+    provider = backend_name(provider, settings.provider)
+    store = backend_name(store, settings.store)
     # store:// images are read through the run's store, opened only if one is not cached on this worker.
     opener = functools.partial(open_store, store, settings)
     with reference_resolver(settings.reference_cache_dir, opener) as resolve:
