@@ -1,4 +1,8 @@
-"""The `video-generator` command.
+"""video-generator: turn one job's clip prompts (a JSON file) into video clips, as a Prefect flow.
+
+With no settings it runs on the embedded default: a local preview renderer (nothing is paid for) and a
+local store under ./.video-generator, with a temporary Prefect server whose state is kept there too (set
+PREFECT_API_URL to use a Prefect server of your own).
 
     video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
         [--store local|supabase] [--concurrency N] [--min-success N] [--retry-failed] [--output OUT.json]
@@ -8,8 +12,14 @@
     video-generator serve [--host H] [--port P]
     video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
 
-Exit codes: 0 the flow completed (or the job was queued), 1 it failed, 2 the input was refused (before any
-paid call).
+    video-generator [--verbose] COMMAND ...   # --verbose: Prefect's logs, and the traceback of a failure
+
+Exit codes: 0 the flow completed (or the job was queued, or the setup was done); 1 the job failed; 2 the
+input was refused (before any paid call); 3 Prefect is unavailable (nothing answers at PREFECT_API_URL, or
+the temporary server did not start); 4 Prefect refused a request (a 4xx: not a Prefect API, or a request
+it rejects); 5 the temporary server's database was migrated by a newer Prefect; 6 the store is unavailable
+(unreachable, or it refused the credentials); 130 interrupted. Every failure but 1 ends with a paragraph on
+stderr: what failed, the likely cause, what to do (clipgen/failures.py).
 """
 
 from __future__ import annotations
@@ -17,18 +27,21 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import sqlite3
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from clipgen import events
+from clipgen import events, failures
 from clipgen.backends import close_quietly, known_providers, known_stores, open_provider, open_store
 from clipgen.catalog import MODELS
-from clipgen.errors import ValidationError, VideoGeneratorError
+from clipgen.errors import OperationalError, ValidationError, VideoGeneratorError
+from clipgen.failures import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from clipgen.job import Clips, GenerationOptions
 from clipgen.job_files import JobFile, read_job
 from clipgen.planning import JobPlan, plan_job, pydantic_problems
@@ -36,7 +49,9 @@ from clipgen.references import reference_resolver
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+if TYPE_CHECKING:
+    from deployments.prefect_connection import TemporaryServer
+
 POLL_S = 0.2
 
 
@@ -47,17 +62,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"video-generator: refused, nothing was generated:\n{_indent(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
+    except OperationalError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(failures.explain(exc, verbose=args.verbose), file=sys.stderr)
+        return failures.exit_code(exc)
+    except KeyboardInterrupt:
+        if args.verbose:
+            traceback.print_exc()
+        print(failures.interrupted(), file=sys.stderr)
+        return failures.EXIT_INTERRUPTED
+
+
+HELP_EPILOG = """\
+exit codes:
+  0    the flow completed (or the job was queued, or the setup was done)
+  1    the job failed (too few clips; the summary says why)
+  2    the input was refused, before anything was paid for
+  3    Prefect is unavailable: nothing answers at PREFECT_API_URL, or the temporary server did not start
+  4    Prefect refused a request (a 4xx: not a Prefect API, or a request it rejects)
+  5    the temporary Prefect server's database was migrated by a newer Prefect
+  6    the store is unavailable (unreachable, or it refused the credentials)
+  130  interrupted
+Each failure ends with what failed, the likely cause and what to do; --verbose adds the traceback.
+
+Settings are environment variables (VIDEO_GENERATOR_*, REPLICATE_*, SUPABASE_*, PREFECT_API_URL); a flag
+overrides its variable. More: README.md, and video-generator COMMAND --help.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="video-generator", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="video-generator",
+        description=__doc__.split("\n\n    video-generator run")[0],
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    commands = parser.add_subparsers(required=True, title="commands", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="generate the clips of one job")
+    run = commands.add_parser("run", help="generate the clips of one job (a Prefect flow run)")
     _job_arguments(run)
     run.add_argument("--provider", help=f"{' | '.join(known_providers())} (env VIDEO_GENERATOR_PROVIDER)")
     run.add_argument("--output", type=Path, help="write the Clips JSON here")
-    run.add_argument("--verbose", action="store_true", help="show Prefect's own logs")
     run.set_defaults(command=_run)
 
     submit = commands.add_parser(
@@ -102,7 +149,13 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--latency", type=float, default=2.0, help="seconds each prediction takes (default 2)")
     fake.add_argument("--token", help="accept only this API token (default: any)")
     fake.set_defaults(command=_fake_replicate)
+    for command in (run, submit, setup, server, fake):
+        # Also after the command; SUPPRESS keeps a top-level --verbose when this one is not given.
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+VERBOSE_HELP = "show Prefect's own logs, and the traceback of a failure"
 
 
 def _job_arguments(command: argparse.ArgumentParser) -> None:
@@ -178,30 +231,31 @@ def _run(args: argparse.Namespace) -> int:
     )
     if settings.server_url:
         print(f"watch it live: {settings.server_url.rstrip('/')}/jobs/{plan.job_id}/view")
-    # Before Prefect is imported. A command-line tool sends no usage data unless asked to.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not args.verbose:
-        # Prefect's INFO logs would drown the progress lines.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows.video_generator import generate_video_clips
-
     try:
         already = max((event.id for event in store.events(plan.job_id)), default=0)
-    except VideoGeneratorError as exc:  # e.g. a wrong key: the store's first call; say so, close it
+    except (VideoGeneratorError, OSError, sqlite3.Error) as exc:  # the store's first call
         close_quietly(store)
-        print(f"failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        raise failures.store_unavailable(store_name, settings, exc) from exc
+    try:
+        server = _connect_prefect(settings, args.verbose)
+    except BaseException:
+        close_quietly(store)
+        raise
+    from deployments.prefect_connection import prefect_errors_explained
+    from flows.video_generator import generate_video_clips
+
     stop = threading.Event()
     printer = threading.Thread(target=_print_progress, args=(store, plan, already, stop), daemon=True)
     printer.start()
     try:
-        state = generate_video_clips(job, options, provider, store_name, return_state=True)
+        with prefect_errors_explained(server):
+            state = generate_video_clips(job, options, provider, store_name, return_state=True)
+            result = state.result(raise_on_failure=False)
     finally:
         stop.set()
         printer.join()
         close_quietly(store)
 
-    result = state.result(raise_on_failure=False)
     if not isinstance(result, Clips):
         print(f"failed: {state.message or result}", file=sys.stderr)
         return EXIT_FAILED
@@ -210,6 +264,27 @@ def _run(args: argparse.Namespace) -> int:
         args.output.write_text(result.model_dump_json(indent=2))
     _print_summary(result, state.is_completed(), state.message or "", args.output)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
+
+
+def _connect_prefect(settings: Settings, verbose: bool) -> TemporaryServer | None:
+    """Prefect's settings for this process, before the flow is imported; the temporary server started
+    (state under the data directory) when no Prefect server is configured."""
+    # A command-line tool sends no usage data unless asked to.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        # Prefect's INFO logs would drown the progress lines.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from deployments.prefect_connection import start, temporary_server
+
+    server = temporary_server(settings.data_dir)
+    if server is not None:
+        print(
+            f"starting a temporary Prefect server (state in {server.home}; "
+            "set PREFECT_API_URL to use a server of your own) ...",
+            flush=True,
+        )
+        start(server)
+    return server
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -250,9 +325,12 @@ def _setup_prefect(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.prediction_limit < 1:
         raise ValidationError.one("--prediction-limit", "must be at least 1")
+    from deployments.prefect_connection import prefect_errors_explained
+
     try:
-        for line in setup_prefect(args.work_pool, settings.prediction_limit, args.prediction_limit):
-            print(line)
+        with prefect_errors_explained(None):
+            for line in setup_prefect(args.work_pool, settings.prediction_limit, args.prediction_limit):
+                print(line)
     except PrefectSetupError as exc:
         raise ValidationError.one(exc.field, str(exc)) from exc
     return EXIT_OK
@@ -313,10 +391,13 @@ def _print_progress(store: ClipStore, plan: JobPlan, after: int, stop: threading
 
 def _describe(name: str, data: dict[str, Any]) -> str | None:
     if name == events.PROGRESS:
-        done = f"[{data['completed'] + data['failed']}/{data['total']}]"
-        if data["status"] == "success":
-            return f"  {done} clip {data['clip_index']} ok: {data['actual_duration']:.2f} s"
-        return f"  {done} clip {data['clip_index']} FAILED: {data.get('error')}"
+        done = f"[{data['completed'] + data['failed']}/{data['total']}] clip {data['clip_index']}"
+        if data["status"] != "success":
+            return f"  {done} FAILED: {data.get('error')}"
+        if data.get("reused"):
+            return f"  {done} reused: {data['actual_duration']:.2f} s, stored by an earlier run"
+        cost = data.get("cost") or 0.0
+        return f"  {done} ok: {data['actual_duration']:.2f} s" + (f" · ${cost:.2f}" if cost else "")
     if name == events.RETRY:
         return (
             f"  clip {data['clip_index']}: attempt {data['attempt']} failed ({data['error']}); "
@@ -326,19 +407,25 @@ def _describe(name: str, data: dict[str, Any]) -> str | None:
 
 
 def _print_summary(result: Clips, completed: bool, message: str, output: Path | None) -> None:
+    reused = sum(clip.reused for clip in result.clips)
+    made = sum(clip.status == "success" and not clip.reused for clip in result.clips)
+    if reused and not made:
+        message += " · all reused from earlier runs, none generated now"
+    elif reused:
+        message += f" · {reused} reused from earlier runs"
     print(f"{'Completed' if completed else 'Failed'}: {message}")
     for clip in result.clips:
         if clip.status == "success":
             seconds = f"{clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s)"
             shape = f"{clip.width}x{clip.height}"
-            note = "  reused: stored by an earlier run" if clip.reused else ""
+            note = "  (reused)" if clip.reused else ""
             print(f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}{note}")
         else:
             print(f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}")
-    reused = sum(clip.reused for clip in result.clips)
     print(
-        f"  clips ${result.total_cost:.2f} · this run paid ${result.spent_this_run:.2f} · all runs "
-        f"${result.spent_all_runs:.2f} · {reused} reused · {result.total_generation_time:.1f} s"
+        f"  this run: {made} generated, {reused} reused, paid ${result.spent_this_run:.2f} · all runs paid "
+        f"${result.spent_all_runs:.2f} · the clips cost ${result.total_cost:.2f} · "
+        f"{result.total_generation_time:.1f} s"
     )
     if output:
         print(f"  result written to {output}")

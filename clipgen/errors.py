@@ -3,6 +3,11 @@
 VideoGeneratorError
 ├── ValidationError            bad job or options; refused before any paid call (CLI exit 2)
 ├── MediaError                 a file is not a readable video or image
+├── OperationalError           a service the command needs failed it, not the job (CLI exit 3-6)
+│   ├── PrefectUnavailable     Prefect's API does not answer, or the temporary server did not start
+│   │   └── PrefectDatabaseTooNew  the temporary server's database was migrated by a newer Prefect
+│   ├── PrefectRefused         Prefect's API refused a request (a 4xx answer)
+│   └── StoreUnavailable       the clip store does not answer, or refuses our credentials
 └── GenerationError            one clip attempt failed
     ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
     │   │                      a clip shorter than the acceptance rule
@@ -53,6 +58,33 @@ class ValidationError(VideoGeneratorError, ValueError):
 
 class MediaError(VideoGeneratorError):
     """A file could not be decoded as the video or image it should be."""
+
+
+class OperationalError(VideoGeneratorError):
+    """Something the command needs failed it (a service, not the job nor its input). Carries what a person
+    needs to act: what failed (the message), the likely cause, and what to do."""
+
+    def __init__(self, what: str, *, cause: str, remedy: str) -> None:
+        super().__init__(what)
+        self.what, self.cause, self.remedy = what, cause, remedy
+
+
+class PrefectUnavailable(OperationalError):
+    """Prefect's API did not answer (nothing listens at PREFECT_API_URL, a 5xx), or the CLI's temporary
+    Prefect server did not start in time."""
+
+
+class PrefectDatabaseTooNew(PrefectUnavailable):
+    """The temporary server's database carries a migration this Prefect does not know: a newer Prefect
+    used it. Prefect cannot read it, and must not change it."""
+
+
+class PrefectRefused(OperationalError):
+    """Prefect's API answered a request with a 4xx: it will refuse the same request again."""
+
+
+class StoreUnavailable(OperationalError):
+    """The clip store could not be read before the run: unreachable, or it refused our credentials."""
 
 
 class GenerationError(VideoGeneratorError):

@@ -65,6 +65,7 @@ def progress(clip: Clip, tally: Tally) -> dict[str, Any]:
     }
     if clip.status == "success":
         data |= {"video_url": clip.video_url, "actual_duration": clip.actual_duration, "cost": clip.cost}
+        data["reused"] = clip.reused  # stored by an earlier run of the job: nothing was paid for it now
     else:
         data |= {"error": clip.error, "cost": clip.cost}
     return data
