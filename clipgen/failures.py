@@ -52,7 +52,7 @@ def explain(error: OperationalError, *, verbose: bool) -> str:
     how = "" if verbose else "; --verbose shows the traceback"
     parts = [
         f"video-generator: {error.what}",
-        f"Likely cause: {error.cause}",
+        f"Likely cause: {error.cause.rstrip('.')}.",
         f"What to do: {error.remedy} (exit code {exit_code(error)}{how})",
     ]
     return "\n".join(_wrapped(part, first=index == 0) for index, part in enumerate(parts))

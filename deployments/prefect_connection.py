@@ -41,6 +41,7 @@ for a first start with two busy loops on top (load 6 on 2 cores). Twice the wors
 early when the server exits means a broken server is reported at once, not after the timeout."""
 POLL_S = 0.2
 SERVER_LOG = "server.log"
+STARTUP_FAILED = "Application startup failed"  # uvicorn's words
 _UNKNOWN_REVISION = re.compile(r"Can't locate revision identified by '([^']+)'")
 
 
@@ -101,21 +102,27 @@ def start(server: TemporaryServer) -> None:
     starter = threading.Thread(target=run, name="prefect-temporary-server", daemon=True)
     with _output_to(server.log):  # the server process inherits it for its whole life
         starter.start()
-        while starter.is_alive() and _exit_code(instance) is None:
+        while starter.is_alive() and not _failed(instance, server.log):
             starter.join(POLL_S)
     if not starter.is_alive() and not failures:
         return
     log = _read(server.log)
-    error = _not_started(server, _exit_code(instance), log)
+    error = _not_started(server, _exit_code(instance) if _failed(instance, server.log) else None, log)
     error.add_note(f"The server's log, {server.log}:\n{log}")  # --verbose prints it with the traceback
     raise error
 
 
+def _failed(instance: SubprocessASGIServer, log: Path) -> bool:
+    """The server process ended for good. Exit code 3 is uvicorn's for a failed start-up, which Prefect
+    takes for a port in use: it starts the server again on another port, again and again until its
+    timeout, so a start-up failure is read from the log."""
+    code = _exit_code(instance)
+    return code is not None and (code != 3 or STARTUP_FAILED in _read(log))
+
+
 def _exit_code(instance: SubprocessASGIServer) -> int | None:
-    """The server process's exit code once it has ended for good (3: Prefect retries on another port)."""
     process = instance.server_process
-    code = None if process is None else process.poll()
-    return None if code in (None, 3) else code
+    return None if process is None else process.poll()
 
 
 def _not_started(server: TemporaryServer, code: int | None, log: str) -> OperationalError:
@@ -148,7 +155,7 @@ def _database_too_new(server: TemporaryServer, revision: str) -> PrefectDatabase
         f"Prefect's temporary server cannot use its database {server.database}: it was migrated to "
         f"revision {revision}, which Prefect {__version__} does not know.",
         cause="a newer Prefect used this database (PREFECT_HOME or VIDEO_GENERATOR_DATA_DIR shared with "
-        "another install); this Prefect cannot read it and leaves it as it is",
+        "another install); this Prefect cannot read it, and does not migrate it",
         remedy=f"move {server.database} aside (it holds only the history of the temporary server's runs; "
         "clips and records are in the store), use another VIDEO_GENERATOR_DATA_DIR, or set "
         "PREFECT_API_URL to a running Prefect server.",

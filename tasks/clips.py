@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
+from uuid import UUID
 
-from prefect import task
+from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.concurrency.sync import concurrency
 from prefect.context import TaskRunContext
+from prefect.exceptions import ObjectNotFound
 from prefect.tasks import Task, exponential_backoff
 
 from clipgen.backends import Backends, backends_of_run
@@ -64,21 +67,48 @@ def generate_clip(plan: ClipPlan) -> Clip:
         job_work_dir(backends.settings.work_dir, plan),
         Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
         started_at=context.task_run.start_time,
-        slot=prediction_slot(backends),
+        slot=prediction_slot(backends, context.task_run.flow_run_id),
     )
 
 
-def prediction_slot(backends: Backends) -> Callable[[], AbstractContextManager[object]]:
+def prediction_slot(
+    backends: Backends, flow_run_id: UUID | None
+) -> Callable[[], AbstractContextManager[object]]:
     """A slot of the global concurrency limit for each paid prediction, shared by every run and worker.
 
     Prefect leases the slot and renews it while it is held, so a crashed process gives it back. A limit
-    that does not exist is skipped with a warning (run `video-generator setup-prefect`); the local renderer
-    calls nothing paid and takes no slot.
+    that does not exist is skipped, with one warning per run that names the command creating it (Prefect
+    would warn at every slot); the local renderer calls nothing paid and takes no slot.
     """
     name = backends.settings.prediction_limit
-    if not name or not backends.provider.paid:
+    if not name or not backends.provider.paid or not _limit_exists(flow_run_id, name):
         return nullcontext
     return functools.partial(concurrency, name, occupy=1)
+
+
+_limit_lock = threading.Lock()
+
+
+def _limit_exists(flow_run_id: UUID | None, name: str) -> bool:
+    with _limit_lock:  # the run's clips start together: one asks, the others read its answer
+        return _look_up_limit(flow_run_id, name)
+
+
+@functools.lru_cache(maxsize=64)
+def _look_up_limit(flow_run_id: UUID | None, name: str) -> bool:
+    """Whether the limit exists, asked once per flow run (a limit created meanwhile counts from the next)."""
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            get_run_logger().warning(
+                "Prefect has no concurrency limit %r, so paid predictions are capped by this run's "
+                "concurrency only, not across runs and workers; `video-generator setup-prefect` creates "
+                "it on the server at PREFECT_API_URL",
+                name,
+            )
+            return False
+    return True
 
 
 @task(
