@@ -7,6 +7,7 @@ the stack's default worker, on its own data directory) never touch the jobs a te
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,9 +20,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from clipgen.cli import main
 from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.settings import Settings
+from clipgen.stores.base import REFERENCE_BUCKET
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
 from tests.conftest import SupabaseStack
+from tests.photos import make_photo
 from tests.prefect_stack import ON_DEMAND, PrefectStack
 from tests.stack.fixtures import SupabaseDb
 
@@ -199,3 +202,63 @@ def test_the_global_limit_caps_predictions_across_runs(prefect_stack: PrefectSta
         assert fake.creates == 8
         # Two runs of five concurrent clips each, but never more than the limit's 2 predictions in flight.
         assert fake.max_in_flight == 2
+
+
+def test_submitted_photos_reach_a_worker_on_another_machine_through_supabase(
+    prefect_stack: PrefectStack,
+    supabase_stack: SupabaseStack,
+    supabase_db: SupabaseDb,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A phone photo each: the CLI uploads them, the queue row and the subflow's parameters carry store://
+    references, and a worker with a disk of its own (nothing cached) reads them back from Supabase Storage."""
+    supabase_db.postgres.psql("delete from public.video_jobs")
+    supabase = {
+        "VIDEO_GENERATOR_STORE": "supabase",
+        "SUPABASE_URL": supabase_stack.url,
+        "SUPABASE_SERVICE_ROLE_KEY": supabase_stack.service_key,
+    }
+    worker_data = tmp_path / "worker-data"
+    prefect_stack.start_worker(
+        "queue-photos",
+        work_queue="queue-photos",
+        env=supabase | {"VIDEO_GENERATOR_DATA_DIR": str(worker_data)},
+    )
+    photos = [make_photo(tmp_path / "scene.jpg", "JPEG", 4.5), make_photo(tmp_path / "scene.png", "PNG", 5.0)]
+    job_id, path = job_file(tmp_path)
+    job = json.loads(path.read_text())
+    for prompt, photo in zip(job["clip_prompts"], photos, strict=True):
+        prompt["scene_reference_url"] = photo.path.name  # relative to the job file, as a user writes it
+    path.write_text(json.dumps(job))
+    cli_data = {"VIDEO_GENERATOR_DATA_DIR": str(tmp_path / "cli-data")}
+    prefect_stack.run_cli(
+        "video-generator", "submit", str(path), "--model", "veo-3.1", env=supabase | cli_data
+    )
+
+    run = prefect_stack.run_deployment(QUEUE, {"max_jobs": 10}, work_queue_name="queue-photos")
+
+    assert run.state is not None and run.state.message == "1 job: 1 succeeded", prefect_stack.flow_run_logs(
+        run.id
+    )
+    with prefect_stack.client() as client:
+        [subflow] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"video-clips-{job_id}"]))
+        )
+    assert len(json.dumps(subflow.parameters)) < 64 * 1024
+    scenes = [prompt["scene_reference_url"] for prompt in subflow.parameters["job"]["clip_prompts"]]
+    assert scenes == [photo.reference for photo in photos]
+    monkeypatch.setenv("SUPABASE_URL", supabase_stack.url)
+    monkeypatch.setenv("SUPABASE_SERVICE_ROLE_KEY", supabase_stack.service_key)
+    store = SupabaseStore.from_settings(Settings())
+    row = store.queued_job(job_id)
+    store.close()
+    assert row is not None and len(json.dumps(row.job)) < 64 * 1024
+    read_back = [
+        r
+        for r in supabase_stack.storage.requests
+        if r.operation == "download" and r.bucket == REFERENCE_BUCKET
+    ]
+    assert {r.path.rpartition("clip-references/")[2] for r in read_back} >= {p.object_path for p in photos}
+    cached = {p.name for p in (worker_data / "cache" / "references").iterdir()}
+    assert cached == {f"sha256-{hashlib.sha256(p.data).hexdigest()}" for p in photos}

@@ -1,7 +1,7 @@
 """Reference images: real HTTP on loopback, data URIs and files; verified, cached by content, revalidated with
 ETag / Last-Modified (a changed image is a new file), resolved once per job. And what a job may not point at:
-private, loopback and metadata addresses (also behind redirects and DNS), files on the worker. The CLI inlines
-the files of a job as data URIs."""
+private, loopback and metadata addresses (also behind redirects and DNS), files on the worker. The CLI stages
+the files of a job: store:// references in the job, the images in the store."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ from PIL import Image
 
 import clipgen.references
 from clipgen import media
-from clipgen.cli import MAX_INLINED_BYTES, load_job, main
+from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.job_files import MAX_INLINE_DATA_URI_CHARS, read_job
 from clipgen.planning import plan_job
 from clipgen.references import (
     MAX_IMAGE_BYTES,
@@ -664,39 +665,51 @@ def test_the_flow_refuses_a_file_path_from_a_job_before_any_clip(data_dir: Path)
     assert LocalStore(data_dir).clip_records(job.job_id) == []
 
 
-# --- the CLI inlines a job's files --------------------------------------------------------------------------
+# --- the CLI stages a job's files: store:// references in the job, the bytes in the store ------------------
 
 
-def test_load_job_inlines_files_as_data_uris_with_their_type(example_job: Path) -> None:
+def store_ref(data: bytes, ext: str) -> str:
+    return f"store://clip-references/sha256/{hashlib.sha256(data).hexdigest()}.{ext}"
+
+
+def test_read_job_names_files_by_store_reference_with_their_type(example_job: Path, tmp_path: Path) -> None:
     raw = json.loads(example_job.read_text())
-    job = load_job(example_job)
+    job_file = read_job(example_job, tmp_path / "cache")
     images = example_job.parent / "images"
-    for before, after in zip(raw["clip_prompts"], job.clip_prompts, strict=True):
+    for before, after in zip(raw["clip_prompts"], job_file.job.clip_prompts, strict=True):
         characters = zip(before["character_reference_urls"], after.character_reference_urls, strict=True)
         refs = [(before["scene_reference_url"], after.scene_reference_url), *characters]
-        for original, inlined in refs:
+        for original, staged in refs:
             if not original:
-                assert inlined is None
+                assert staged is None
             elif original.startswith("data:"):
-                assert inlined == original  # left as it was
+                assert staged == original  # a small data: URI is left as it was
             else:
-                mime = "image/png" if original.endswith(".png") else "image/jpeg"
-                assert inlined == data_uri(images / Path(original).name, mime)
+                ext = "png" if original.endswith(".png") else "jpg"
+                assert staged == store_ref((images / Path(original).name).read_bytes(), ext)
+    # Each image once, with its type, though clips share them; nothing is uploaded by reading.
+    assert sorted(i.content_type for i in job_file.images) == ["image/jpeg"] * 3 + ["image/png"] * 2
+    assert not (Settings().data_dir / "storage").exists()
 
 
-def test_file_urls_and_absolute_paths_are_inlined_too(tmp_path: Path) -> None:
+def test_file_urls_absolute_paths_and_long_data_uris_are_staged_too(tmp_path: Path) -> None:
     webp = tmp_path / "photo.webp"
     Image.new("RGB", (64, 36), "orange").save(webp)
+    long_uri = data_uri(IMAGES / "dusk.jpg", "image/jpeg")
+    assert len(long_uri) > MAX_INLINE_DATA_URI_CHARS
     job: dict[str, object] = {
         "job_id": str(uuid4()),
         "clip_prompts": [
             {"clip_index": 0, "prompt": "p", "duration": 4, "scene_reference_url": webp.as_uri()},
             {"clip_index": 1, "prompt": "q", "duration": 4, "scene_reference_url": str(IMAGES / "dusk.jpg")},
+            {"clip_index": 2, "prompt": "r", "duration": 4, "scene_reference_url": long_uri},
         ],
     }
-    loaded = load_job(write_job(tmp_path / "job.json", job))
-    assert loaded.clip_prompts[0].scene_reference_url == data_uri(webp, "image/webp")
-    assert loaded.clip_prompts[1].scene_reference_url == data_uri(IMAGES / "dusk.jpg", "image/jpeg")
+    loaded = read_job(write_job(tmp_path / "job.json", job), tmp_path / "cache")
+    scenes = [prompt.scene_reference_url for prompt in loaded.job.clip_prompts]
+    dusk = store_ref((IMAGES / "dusk.jpg").read_bytes(), "jpg")
+    assert scenes == [store_ref(webp.read_bytes(), "webp"), dusk, dusk]
+    assert [image.content_type for image in loaded.images] == ["image/webp", "image/jpeg"]
 
 
 def bad_file_job(tmp_path: Path, **refs: Any) -> Path:
@@ -720,50 +733,41 @@ def bad_file_job(tmp_path: Path, **refs: Any) -> Path:
     ],
     ids=["missing", "not an image", "a directory", "too big"],
 )
-def test_the_cli_refuses_files_it_cannot_inline(
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_the_cli_refuses_files_it_cannot_stage(
     make: Callable[[Path], dict[str, Any]],
     expected: str,
+    command: str,
     tmp_path: Path,
     data_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     with (tmp_path / "big.png").open("wb") as big:
         big.truncate(MAX_IMAGE_BYTES + 1)  # sparse: the size is refused before anything is read
-    job = bad_file_job(tmp_path, **make(tmp_path))
-    assert main(["run", str(job)]) == 2
+    job = bad_file_job(tmp_path, **({"character_reference_urls": [str(IMAGES / "ada.png")]} | make(tmp_path)))
+    assert main([command, str(job), "--model", "veo-3.1"]) == 2
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
     if "big" in expected or "object" in expected:
         assert "is larger than 20 MB" in err
     assert not (data_dir / "video_generator.db").exists()
+    assert not (data_dir / "storage").exists()  # a refused job uploads nothing, not even its good images
 
 
-def test_the_cli_refuses_a_job_whose_files_add_up_to_too_much(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    noise = tmp_path / "noise.png"
-    Image.effect_noise((1024, 1024), 120).convert("RGB").save(noise)  # incompressible: about 3 MB
-    copies = MAX_INLINED_BYTES // noise.stat().st_size + 1
-    job = bad_file_job(tmp_path, character_reference_urls=["noise.png"] * copies)
-    assert main(["submit", str(job), "--model", "veo-3.1"]) == 2
-    err = capsys.readouterr().err
-    assert (
-        f"clip_prompts[0].character_reference_urls[{copies - 1}]: the job's image files add up to more" in err
-    )
-    assert "http(s)" in err
-
-
-def test_submit_queues_the_job_with_its_images_inlined(example_job: Path, data_dir: Path) -> None:
+def test_submit_queues_the_job_with_its_images_in_the_store(example_job: Path, data_dir: Path) -> None:
     assert main(["submit", str(example_job), "--model", "veo-3.1"]) == 0
     queued = LocalStore(data_dir).queued_job(UUID(json.loads(example_job.read_text())["job_id"]))
     assert queued is not None
     refs = [p["scene_reference_url"] for p in queued.job["clip_prompts"] if p["scene_reference_url"]]
     refs += [r for p in queued.job["clip_prompts"] for r in p["character_reference_urls"]]
-    assert refs and all(ref.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) for ref in refs)
-    # The queued job is self-contained: it plans on a worker that may not read files.
+    stored = [ref for ref in refs if ref.startswith("store://clip-references/sha256/")]
+    assert len(set(stored)) == 5 and len(refs) - len(stored) == 1  # the small data: URI stays inline
+    # The queued job plans on a worker that may not read files and has none of it cached.
     job = ClipPrompts.model_validate(queued.job)
+    store = LocalStore(data_dir)
     for ref in refs:
-        assert resolve_reference(ref, "f", data_dir / "cache", ReferencePolicy()).is_file()
+        path = resolve_reference(ref, "f", data_dir / "worker-cache", ReferencePolicy(), lambda: store)
+        assert path.is_file()
     assert job.job_id == queued.job_id
 
 

@@ -16,7 +16,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
-from clipgen.cli import load_job
+from clipgen.job_files import load_job
 from clipgen.stores.local import LocalStore
 from tests.conftest import EXAMPLE_JOB, REPO
 from tests.stack.postgres import die_with_parent
@@ -89,7 +89,8 @@ def test_serve_runs_both_deployments_from_one_process(
     assert [s.schedule.cron for s in queue.schedules] == ["* * * * *"]  # type: ignore[union-attr]
     assert client.read_deployment(on_demand).enforce_parameter_schema
 
-    job = load_job(EXAMPLE_JOB)
+    # Its images go to the served store; cached elsewhere, so the served run reads them back from the store.
+    job = load_job(EXAMPLE_JOB, LocalStore(data_dir), tmp_path / "cli-cache")
     run = client.create_flow_run_from_deployment(
         on_demand, parameters={"job": job.model_dump(mode="json"), "options": {"model": "veo-3.1"}}
     )

@@ -19,6 +19,7 @@ import pytest
 from clipgen.settings import Settings
 from clipgen.stores.base import (
     INTENT_PREFIX,
+    REFERENCE_BUCKET,
     THUMBNAIL_BUCKET,
     VIDEO_BUCKET,
     ClipRecord,
@@ -132,6 +133,25 @@ def test_events_replay_after_an_id(store: ClipStore) -> None:
     assert after[0].event == "e" and after[0].job_id == job_id
 
 
+def test_objects_are_read_back_whole_and_found_by_name(store: ClipStore, tmp_path: Path) -> None:
+    source = tmp_path / "image.png"
+    source.write_bytes(b"\x89PNG not really, but bytes" * 1000)
+    path = f"sha256/{uuid4().hex * 2}.png"
+    assert not store.has_object(REFERENCE_BUCKET, path)
+    store.put_object(REFERENCE_BUCKET, path, source, "image/png")
+    assert store.has_object(REFERENCE_BUCKET, path)
+
+    dest = tmp_path / "read" / "copy.png"
+    dest.parent.mkdir()
+    dest.write_bytes(b"an older file, replaced whole")
+    store.read_object(REFERENCE_BUCKET, path, dest)
+    assert dest.read_bytes() == source.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == ["copy.png"]  # no temporary file left behind
+    with pytest.raises(FileNotFoundError):
+        store.read_object(REFERENCE_BUCKET, f"sha256/{uuid4().hex * 2}.png", tmp_path / "missing.png")
+    assert not (tmp_path / "missing.png").exists()
+
+
 def test_signing_a_missing_object_fails(store: ClipStore) -> None:
     with pytest.raises(Exception):  # noqa: B017 - each store has its own error; what matters is no link
         store.signed_url(VIDEO_BUCKET, f"{uuid4()}/clip_0.mp4")
@@ -149,6 +169,7 @@ def test_supabase_store_creates_private_buckets_once_even_when_racing(supabase_e
     assert {name: bucket["public"] for name, bucket in supabase_env.storage.buckets.items()} == {
         "video-clips": False,
         "clip-thumbnails": False,
+        "clip-references": False,
     }
     creates = [r for r in supabase_env.storage.requests if r.method == "POST" and r.path.endswith("/bucket")]
     assert len(creates) >= 2 and {r.status for r in creates} <= {200, 400, 409}
