@@ -50,7 +50,7 @@ from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 
 if TYPE_CHECKING:
-    from deployments.prefect_connection import TemporaryServer
+    from deployments.temporary_server import TemporaryServer
 
 POLL_S = 0.2
 
@@ -198,14 +198,14 @@ def _open_store(name: str, settings: Settings, flag: str) -> ClipStore:
         raise ValidationError.one(flag, str(exc)) from exc
 
 
-def _uploaded(job_file: JobFile, store: ClipStore) -> bool:
-    """Put the job's images into the store before the job is sent; False (said on stderr) if that failed."""
+def _upload_images(job_file: JobFile, store: ClipStore, store_name: str, settings: Settings) -> None:
+    """Put the job's images into the store before the job is sent. Often the store's first call, so a store
+    that does not answer or refuses the key fails here, said as the store's own first call would be."""
     try:
         job_file.upload(store)
     except (VideoGeneratorError, OSError) as exc:
-        print(f"failed: could not put the job's images into the store: {exc}", file=sys.stderr)
-        return False
-    return True
+        close_quietly(store)
+        raise failures.store_unavailable(store_name, settings, exc) from exc
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -220,9 +220,7 @@ def _run(args: argparse.Namespace) -> int:
         store = open_store(store_name, settings)
     except (ValueError, ImportError, AttributeError) as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
-    if not _uploaded(job_file, store):
-        close_quietly(store)
-        return EXIT_FAILED
+    _upload_images(job_file, store, store_name, settings)
 
     price = "free local preview" if provider == "local" else "estimate"
     print(
@@ -236,25 +234,25 @@ def _run(args: argparse.Namespace) -> int:
     except (VideoGeneratorError, OSError, sqlite3.Error) as exc:  # the store's first call
         close_quietly(store)
         raise failures.store_unavailable(store_name, settings, exc) from exc
-    try:
-        server = _connect_prefect(settings, args.verbose)
-    except BaseException:
-        close_quietly(store)
-        raise
-    from deployments.prefect_connection import prefect_errors_explained
-    from flows.video_generator import generate_video_clips
-
+    server = None
     stop = threading.Event()
     printer = threading.Thread(target=_print_progress, args=(store, plan, already, stop), daemon=True)
-    printer.start()
     try:
+        server = _connect_prefect(settings, args.verbose)
+        from deployments.prefect_errors import prefect_errors_explained
+        from flows.video_generator import generate_video_clips
+
+        printer.start()
         with prefect_errors_explained(server):
             state = generate_video_clips(job, options, provider, store_name, return_state=True)
             result = state.result(raise_on_failure=False)
     finally:
         stop.set()
-        printer.join()
+        if printer.is_alive():
+            printer.join()
         close_quietly(store)
+        if server is not None:
+            server.stop()
 
     if not isinstance(result, Clips):
         print(f"failed: {state.message or result}", file=sys.stderr)
@@ -274,7 +272,7 @@ def _connect_prefect(settings: Settings, verbose: bool) -> TemporaryServer | Non
     if not verbose:
         # Prefect's INFO logs would drown the progress lines.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from deployments.prefect_connection import start, temporary_server
+    from deployments.temporary_server import start, temporary_server
 
     server = temporary_server(settings.data_dir)
     if server is not None:
@@ -301,8 +299,7 @@ def _submit(args: argparse.Namespace) -> int:
     store = _open_store(store_name, settings, "--store")
     try:
         queue = queue_of(store, store_name)
-        if not _uploaded(job_file, store):
-            return EXIT_FAILED
+        _upload_images(job_file, store, store_name, settings)
         queued = queue.enqueue_job(
             job.job_id, job.model_dump(mode="json"), options.model_dump(mode="json"), max_attempts
         )
@@ -325,7 +322,7 @@ def _setup_prefect(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.prediction_limit < 1:
         raise ValidationError.one("--prediction-limit", "must be at least 1")
-    from deployments.prefect_connection import prefect_errors_explained
+    from deployments.prefect_errors import prefect_errors_explained
 
     try:
         with prefect_errors_explained(None):
