@@ -2,6 +2,7 @@
 """Set up and run video-generator with nothing but Python 3.11+.
 
     python3 dev.py demo     # create .venv, install, run the example job on the embedded default
+                            # (then the command is .venv/bin/video-generator)
     python3 dev.py test     # create .venv, install with test tools, run the test suite
     python3 dev.py check    # ruff and mypy
 
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
     setup()
     command, rest = argv[0], argv[1:]
     if command == "demo":
-        return run(
+        code = run(
             str(BIN / "video-generator"),
             "run",
             "examples/job.json",
@@ -57,6 +58,11 @@ def main(argv: list[str]) -> int:
             "out/example-clips.json",
             *rest,
         )
+        command_path = BIN.relative_to(ROOT) / "video-generator"
+        activate = r".venv\Scripts\activate" if os.name == "nt" else "source .venv/bin/activate"
+        print(f"\nThe command is {command_path}, or `video-generator` after `{activate}`.")
+        print(f"Next: {command_path} --help")
+        return code
     if command == "test":
         return run(str(BIN / "python"), "-m", "pytest", *rest)
     return (
