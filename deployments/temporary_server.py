@@ -28,10 +28,10 @@ import httpx
 from clipgen.errors import OperationalError, PrefectDatabaseTooNew, PrefectUnavailable
 
 STARTUP_TIMEOUT_S = 240
-"""Measured on this project's 2-core machine (benchmarks, not tests): 10-13 s idle once the database
-exists; 25-28 s for a first start (it creates the database) with the test suite running beside it; 63-108
-s for a first start with two busy loops on top (load 6 on 2 cores). Twice the worst of those. A server
-that exits is reported at once, so the timeout only bounds a server that hangs."""
+"""Measured on this project's 2-core machine, with other test suites running beside it (load 4): 9-15 s
+once the database exists, 23-30 s for a first start (it creates the database); with two busy loops on top
+(load 6-10): 24-36 s, and 63-108 s for a first start. About twice the worst of those. A server that exits
+is reported at once, so the timeout only bounds a server that hangs."""
 POLL_S = 0.2
 PORT_ATTEMPTS = 3  # another process may take the port between our pick and the server's bind
 SERVER_LOG = "server.log"
