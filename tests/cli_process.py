@@ -18,17 +18,25 @@ UNKNOWN_REVISION = "0ddba11c0ffe"  # no Prefect migration has this id: a newer P
 def run_cli(
     *args: str, home: Path, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
-    """No PREFECT_*, VIDEO_GENERATOR_*, REPLICATE_* or SUPABASE_* from the test run: only `env`."""
-    home.mkdir(parents=True, exist_ok=True)
-    clean = {"PATH": os.environ["PATH"], "HOME": str(home), "VIDEO_GENERATOR_DATA_DIR": str(data_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "clipgen.cli", *args],
+        command(*args),
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=clean | (env or {}),
+        env=clean_env(home, data_dir, env),
         timeout=timeout,
     )
+
+
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "clipgen.cli", *args]
+
+
+def clean_env(home: Path, data_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """No PREFECT_*, VIDEO_GENERATOR_*, REPLICATE_* or SUPABASE_* from the test run: only `env`."""
+    home.mkdir(parents=True, exist_ok=True)
+    clean = {"PATH": os.environ["PATH"], "HOME": str(home), "VIDEO_GENERATOR_DATA_DIR": str(data_dir)}
+    return clean | (env or {})
 
 
 def newer_prefect_database(path: Path, revision: str = UNKNOWN_REVISION) -> Path:

@@ -5,6 +5,7 @@ refuses the key. The command runs as a user runs it: its own process, a clean en
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from pathlib import Path
 from uuid import uuid4
@@ -12,6 +13,7 @@ from uuid import uuid4
 import pytest
 
 from clipgen.failures import (
+    EXIT_INTERRUPTED,
     EXIT_PREFECT_DATABASE,
     EXIT_PREFECT_REFUSED,
     EXIT_PREFECT_UNAVAILABLE,
@@ -21,11 +23,13 @@ from clipgen.fake_replicate.server import FakeReplicateServer
 from tests.cli_process import (
     UNKNOWN_REVISION,
     alembic_revision,
+    clean_env,
     closed_port,
+    command,
     newer_prefect_database,
     run_cli,
 )
-from tests.conftest import SupabaseStack, write_job
+from tests.conftest import REPO, SupabaseStack, write_job
 
 
 def small_job(path: Path, **metadata: object) -> Path:
@@ -160,6 +164,26 @@ def test_store_that_refuses_the_key(tmp_path: Path, supabase_stack: SupabaseStac
     assert_explained(done, EXIT_STORE_UNAVAILABLE, "refused the first request", "SUPABASE_SERVICE_ROLE_KEY")
 
 
+def test_interrupted_while_prefect_starts(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        command("run", str(small_job(tmp_path / "job.json"))),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=clean_env(tmp_path / "home", tmp_path / "data"),
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("starting a temporary Prefect server"):
+            break
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    _, err = process.communicate(timeout=120)
+
+    assert process.returncode == EXIT_INTERRUPTED, err
+    assert "video-generator: interrupted" in err and "Traceback" not in err, err
+
+
 def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     from clipgen.cli import main
 
@@ -168,8 +192,8 @@ def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixt
     assert exited.value.code == 0
     text = capsys.readouterr().out
     assert "turn one job's clip prompts" in text
-    for command in ("run", "submit", "setup-prefect", "serve", "fake-replicate"):
-        assert f"\n    {command}" in text, text
+    for name in ("run", "submit", "setup-prefect", "serve", "fake-replicate"):
+        assert f"\n    {name}" in text, text
     for code in ("0", "1", "2", "3", "4", "5", "6", "130"):
         assert f"\n  {code} " in text, text
     assert "README.md" in text
