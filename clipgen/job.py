@@ -101,6 +101,18 @@ Text = Annotated[str, AfterValidator(_text)]
 Reference = Annotated[str, AfterValidator(_reference)]
 
 
+def _branch_titles(**titles: str) -> Callable[[dict[str, Any]], None]:
+    """Names the sides of a union field's schema by JSON type (`null="No budget"`): a form labels each side
+    by its title, else by a bare type name ("number", "null")."""
+
+    def name_branches(schema: dict[str, Any]) -> None:
+        for branch in schema.get("anyOf", []):
+            if branch.get("type") in titles:
+                branch["title"] = titles[branch["type"]]
+
+    return name_branches
+
+
 class ClipPrompt(BaseModel):
     """One clip to generate."""
 
@@ -152,10 +164,24 @@ class ClipPrompts(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    job_id: UUID
-    clip_prompts: list[ClipPrompt] = Field(min_length=1)
-    total_clips: int | None = Field(None, description="Number of clips; must match clip_prompts if given.")
-    generation_time: float | str | None = Field(None, description="Carried through from the upstream step.")
+    job_id: UUID = Field(
+        description="Any UUID that names the job; running the same id again reuses the clips it has."
+    )
+    clip_prompts: list[ClipPrompt] = Field(
+        min_length=1,
+        description='One entry per clip. To paste them all as JSON, choose "Use JSON input" in this '
+        "field's menu (or in the job's, for the whole job).",
+    )
+    total_clips: int | None = Field(
+        None,
+        description="Number of clips; must match clip_prompts if given.",
+        json_schema_extra=_branch_titles(integer="Number", null="Count them"),
+    )
+    generation_time: float | str | None = Field(
+        None,
+        description="Carried through from the upstream step.",
+        json_schema_extra=_branch_titles(number="Number", string="Text", null="None"),
+    )
 
     # Each rule is checked on its own field, so a refusal names that field (not the whole job).
     @field_validator("clip_prompts")
@@ -212,16 +238,6 @@ _ASPECT_RATIO_HELP = (
 )
 
 
-def _either(value: str, none: str) -> Callable[[dict[str, Any]], None]:
-    """Names the two sides of an `X | None` field's schema: a form labels them by title, else "null"."""
-
-    def name_branches(schema: dict[str, Any]) -> None:
-        for branch in schema.get("anyOf", []):
-            branch["title"] = none if branch.get("type") == "null" else value
-
-    return name_branches
-
-
 class GenerationOptions(BaseModel):
     """How to generate a job.
 
@@ -257,7 +273,8 @@ class GenerationOptions(BaseModel):
         le=3600,
         description="Per-clip deadline in seconds, or the model's own (120 s for most; worker setting "
         "VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS).",
-        json_schema_extra=_either("Seconds", "Model's own"),
+        title="Clip Timeout (s)",
+        json_schema_extra=_branch_titles(number="Seconds", null="Model's own"),
     )
     duration_buffer: float = Field(
         1.25,
@@ -271,7 +288,8 @@ class GenerationOptions(BaseModel):
         gt=0,
         description="Refuse jobs whose estimate exceeds this, and create no paid request once every run's "
         "spend on the job plus the request would pass it.",
-        json_schema_extra=_either("USD", "No budget"),
+        title="Budget (USD)",
+        json_schema_extra=_branch_titles(number="USD", null="No budget"),
     )
     retry_failed: bool = Field(
         False,

@@ -88,8 +88,8 @@ def generate_video_clips(
 
     Args:
         job: The job: a job_id (any UUID; the same id again reuses the clips it has) and its clip prompts.
-            To paste a whole job as JSON (e.g. examples/job.json), choose "Use JSON input" in this field's
-            menu.
+            To paste a whole job as JSON, choose "Use JSON input" in this field's menu (⋮) and replace the
+            editor's contents; its images must be https URLs or store:// references, not file paths.
         options: How to generate the job. Options left out (e.g. by an API call) take the worker's
             VIDEO_GENERATOR_* settings; the form sends the values it shows.
         provider: Where clips are made. `worker-default`: the worker's VIDEO_GENERATOR_PROVIDER (`local`

@@ -19,6 +19,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import PrefectHTTPStatusError
 from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from clipgen.catalog import MODELS
 from clipgen.job import ClipPrompts, GenerationOptions
@@ -326,6 +328,80 @@ def test_the_prefect_ui_shows_the_finished_run(
     assert badges and badges[0] == "Completed", badges
     for shown in (f"video-clips-{job.job_id}", "generate-video-clips", "video-generator-on-demand"):
         assert shown in text, text[:2000]
+
+
+# The form's field for a parameter, by its label (optional ones are labelled "name (Optional)").
+_PROPERTY = """
+return [...document.querySelectorAll('.schema-form-property')].find(
+  p => p.querySelector('.schema-form-property__label')?.textContent.trim().replace(/ [(]Optional[)]$/, '')
+    === arguments[0]);
+"""
+
+
+def test_the_run_form_in_the_ui_takes_a_pasted_job_and_runs_with_what_it_shows(
+    prefect_stack: PrefectStack, browser: webdriver.Chrome
+) -> None:
+    """The deployment's Custom run page, as a user fills it: the choices show their defaults, the job is
+    pasted as JSON (the field's menu, "Use JSON input"), Submit; the run gets the values shown, completes."""
+    with prefect_stack.client() as client:
+        deployment = client.read_deployment_by_name(ON_DEMAND)
+    browser.get(f"{prefect_stack.ui_url}/deployments/deployment/{deployment.id}/run")
+    deadline = time.monotonic() + 60
+    while not browser.execute_script(_PROPERTY, "store"):
+        assert time.monotonic() < deadline, browser.execute_script("return document.body.innerText")[:2000]
+        time.sleep(0.25)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(1400, 2600)  # the whole form in one picture
+    browser.save_screenshot(str(SCREENSHOTS / "prefect-ui-run-form.png"))
+    selects = {
+        label: browser.execute_script(_PROPERTY, label).find_element(By.CSS_SELECTOR, "select")
+        for label in ("Model", "Aspect Ratio", "provider", "store")
+    }
+    assert {label: select.get_attribute("value") for label, select in selects.items()} == {
+        "Model": "kling-v2.5-turbo",
+        "Aspect Ratio": "16:9",
+        "provider": "worker-default",
+        "store": "worker-default",
+    }
+    offered = selects["provider"].find_elements(By.TAG_NAME, "option")
+    assert [option.get_attribute("value") for option in offered] == ["worker-default", "local", "replicate"]
+
+    job = _one_clip_job()
+    browser.execute_script(_PROPERTY, "job").find_element(
+        By.CSS_SELECTOR, ".schema-form-property-menu button"
+    ).click()
+    menu = browser.find_elements(By.CSS_SELECTOR, ".p-overflow-menu-item")
+    next(item for item in menu if item.text.strip() == "Use JSON input").click()
+    editor = browser.execute_script(_PROPERTY, "job").find_element(By.CSS_SELECTOR, "textarea")
+    # The editor opens with the form's current value of the field: replace it, as a user pasting would.
+    editor.send_keys(Keys.CONTROL, "a")
+    editor.send_keys(Keys.DELETE)
+    editor.send_keys(json.dumps(job))
+    next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit").click()
+
+    run = _wait_for_run_of_job(prefect_stack, deployment.id, job["job_id"], browser)
+    assert run.parameters == {
+        "job": job,
+        "options": GenerationOptions().model_dump(mode="json"),
+        "provider": "worker-default",
+        "store": "worker-default",
+    }
+    finished = prefect_stack.wait_for_flow_run(run.id)
+    assert finished.state is not None
+    assert finished.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+
+
+def _wait_for_run_of_job(
+    stack: PrefectStack, deployment_id: UUID, job_id: str, browser: webdriver.Chrome
+) -> FlowRun:
+    deadline = time.monotonic() + 30
+    while True:
+        for run in _runs_of(stack, deployment_id):
+            if (run.parameters.get("job") or {}).get("job_id") == job_id:
+                return run
+        text = browser.execute_script("return document.body.innerText")
+        assert time.monotonic() < deadline, f"the form made no run of job {job_id}; the page:\n{text[-1500:]}"
+        time.sleep(0.25)
 
 
 def test_the_server_logged_no_errors(prefect_stack: PrefectStack) -> None:
