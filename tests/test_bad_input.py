@@ -1024,7 +1024,7 @@ def test_a_reference_urlsplit_cannot_parse_is_refused_by_the_model(reference: st
     with pytest.raises(ValidationError) as caught:
         parse_queued_job(row)
     assert [p.field for p in caught.value.problems] == ["job.clip_prompts[0].scene_reference_url"]
-    assert "not a URL, data: URI or path" in str(caught.value)
+    assert "not a URL, data: URI, store:// reference or path" in str(caught.value)
 
 
 def test_a_job_file_that_is_not_utf8_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

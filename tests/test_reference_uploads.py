@@ -302,8 +302,9 @@ def test_a_public_references_bucket_is_refused(
     admin.close()
     _, path = job_with_photos(tmp_path, photos[:1])
     try:
-        assert main(["submit", str(path), "--model", "veo-3.1", "--store", "supabase"]) == 1
-        assert f"bucket {REFERENCE_BUCKET} is public" in capsys.readouterr().err
+        assert main(["submit", str(path), "--model", "veo-3.1", "--store", "supabase"]) == 6
+        err = " ".join(capsys.readouterr().err.split())  # the paragraph is wrapped
+        assert f"bucket {REFERENCE_BUCKET} is public" in err and "(exit code 6" in err
         assert not [key for key in supabase_env.storage.objects if key[0] == REFERENCE_BUCKET]
     finally:
         supabase_env.storage.reset()
