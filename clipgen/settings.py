@@ -86,7 +86,8 @@ class Settings(BaseSettings):
         False,
         validation_alias="VIDEO_GENERATOR_ALLOW_FILE_REFERENCES",
         description="Let jobs name reference images by file path or file: URL, read on the worker. Off: jobs "
-        "come from the UI, the API and the queue, and could read any file; the CLI inlines files itself.",
+        "come from the UI, the API and the queue, and could read any file; the CLI uploads a job file's "
+        "images to the store itself.",
     )
     allow_loopback_references: bool = Field(
         False,

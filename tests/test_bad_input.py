@@ -112,7 +112,7 @@ BAD_REFERENCES = (
 UNSTORABLE_TEXT = ("nul \x00 inside", "lone surrogate \ud800", "\udfff")
 # Refused by the job model itself: `urlsplit` cannot parse them.
 UNPARSEABLE_REFERENCES = ("ftp://[example.com/scene.png", "data://[", "x://a\uff03b/scene.png")
-# Files next to the job file, for the command line (which inlines them). The flow and the queue refuse file
+# Files next to the job file, for the command line (which uploads them). The flow and the queue refuse file
 # references unless the worker allows them, so the API corpus does not use them.
 SCENE_FILE, NOT_AN_IMAGE_FILE, MISSING_FILE = "scene.png", "notes.txt", "missing.png"
 TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
