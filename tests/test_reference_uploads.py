@@ -23,7 +23,7 @@ from clipgen.backends import close_quietly, register_provider
 from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts
-from clipgen.references import MAX_IMAGE_BYTES, ReferencePolicy, resolve_reference
+from clipgen.references import MAX_IMAGE_BYTES, ReferencePolicy, reference_resolver, resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET, ClipStore
 from clipgen.stores.local import LocalStore
@@ -291,6 +291,43 @@ def test_a_cached_image_needs_no_store(photos: list[Photo], tmp_path: Path) -> N
     again = resolve_reference(photos[2].reference, "f", tmp_path / "cache", ReferencePolicy(), opener)
     assert first == again and first.read_bytes() == photos[2].data
     assert len(opened) == 1
+
+
+class CountingStore(LocalStore):
+    """The real local store, counting how often it is opened and closed."""
+
+    opened = 0
+    closed = 0
+
+    def __init__(self, data_dir: Path) -> None:
+        super().__init__(data_dir)
+        type(self).opened += 1
+
+    def close(self) -> None:
+        type(self).closed += 1
+
+
+def test_planning_opens_the_store_once_and_only_for_an_image_it_has_not_cached(
+    photos: list[Photo], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    for photo in photos[9:12]:
+        LocalStore(data).put_object(REFERENCE_BUCKET, photo.object_path, photo.path, "image/png")
+    cache = tmp_path / "cache"
+    CountingStore.opened = CountingStore.closed = 0
+
+    with reference_resolver(cache, lambda: CountingStore(data)) as resolve:
+        resolve(photos[9].reference, "f")
+    assert (CountingStore.opened, CountingStore.closed) == (1, 1)  # nothing cached yet
+
+    with reference_resolver(cache, lambda: CountingStore(data)) as resolve:
+        resolve(photos[9].reference, "f")
+    assert (CountingStore.opened, CountingStore.closed) == (1, 1)  # a cache hit: the store is not opened
+
+    with reference_resolver(cache, lambda: CountingStore(data)) as resolve:
+        for photo in photos[9:12]:
+            assert resolve(photo.reference, "f").read_bytes() == photo.data
+    assert (CountingStore.opened, CountingStore.closed) == (2, 2)  # one store for the job's two misses
 
 
 def test_a_public_references_bucket_is_refused(
