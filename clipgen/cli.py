@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--latency", type=float, default=2.0, help="seconds each prediction takes (default 2)")
     fake.add_argument("--token", help="accept only this API token (default: any)")
     fake.set_defaults(command=_fake_replicate)
-    for command in (run, submit, setup, server, fake):
+    for command in (run, submit, setup):
         # Also after the command; SUPPRESS keeps a top-level --verbose when this one is not given.
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
