@@ -101,6 +101,13 @@ Text = Annotated[str, AfterValidator(_text)]
 Reference = Annotated[str, AfterValidator(_reference)]
 
 
+def _in_declared_order(schema: dict[str, Any]) -> None:
+    """Numbers the fields in the order declared here. Prefect's run form sorts fields by `position`, and a
+    Prefect server on PostgreSQL stores the schema as jsonb, which reorders an object's keys."""
+    for position, field in enumerate(schema.get("properties", {}).values()):
+        field["position"] = position
+
+
 def _branch_titles(**titles: str) -> Callable[[dict[str, Any]], None]:
     """Names the sides of a union field's schema by JSON type (`null="No budget"`): a form labels each side
     by its title, else by a bare type name ("number", "null")."""
@@ -116,7 +123,7 @@ def _branch_titles(**titles: str) -> Callable[[dict[str, Any]], None]:
 class ClipPrompt(BaseModel):
     """One clip to generate."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, json_schema_extra=_in_declared_order)
 
     clip_index: int = Field(
         ge=0, le=MAX_CLIP_INDEX, description="Position of the clip in the job; unique within the job."
@@ -162,7 +169,7 @@ class ClipPrompt(BaseModel):
 class ClipPrompts(BaseModel):
     """One job: the clips to generate, all with the same model and aspect ratio."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_in_declared_order)
 
     job_id: UUID = Field(
         description="Any UUID that names the job; running the same id again reuses the clips it has."
@@ -245,7 +252,7 @@ class GenerationOptions(BaseModel):
     option its caller did not set (`run_parameters.options_for_run`); options given are used as given.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_in_declared_order)
 
     # The JSON schema lists the choices (the Prefect UI shows them as selects); Python callers get the
     # same check from the plan, which names the field and the choices.

@@ -11,9 +11,12 @@ The form shows choices (JSON-schema enums become selects) and defaults as values
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import WithJsonSchema
+from pydantic import GetJsonSchemaHandler, WithJsonSchema
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from clipgen.job import GenerationOptions
 from clipgen.settings import Settings
@@ -24,12 +27,30 @@ BUILT_IN_STORES = ("local", "supabase")
 
 
 def _choices(names: tuple[str, ...]) -> WithJsonSchema:
-    # The schema a form sees. Validation in Python stays `str`: registered names and import paths pass.
+    # The schema a form sees. Validation in Python stays `str | None`: registered names, import paths and
+    # None (what the queue passes: the worker's setting) pass.
     return WithJsonSchema({"type": "string", "enum": [WORKER_DEFAULT, *names]})
 
 
-ProviderName = Annotated[str, _choices(BUILT_IN_PROVIDERS)]
-StoreName = Annotated[str, _choices(BUILT_IN_STORES)]
+@dataclass(frozen=True)
+class _NoNullInSchema:
+    """`X | None` validates as before (errors name `options.model`, not a union member), but the schema
+    shows only X: a form would otherwise show the parameter as "None" until switched."""
+
+    def __get_pydantic_json_schema__(
+        self, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        schema = handler(core_schema)
+        others = [branch for branch in schema.get("anyOf", []) if branch.get("type") != "null"]
+        if len(others) != 1:
+            return schema
+        return {**others[0], **{key: value for key, value in schema.items() if key != "anyOf"}}
+
+
+ProviderName = Annotated[str | None, _choices(BUILT_IN_PROVIDERS)]
+StoreName = Annotated[str | None, _choices(BUILT_IN_STORES)]
+OptionsParameter = Annotated[GenerationOptions | None, _NoNullInSchema()]
+"""None (from Python callers such as the queue) means the same as the default: the worker's settings."""
 
 
 def backend_name(chosen: str | None, setting: str) -> str:

@@ -22,7 +22,6 @@ from prefect.events import emit_event
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic.json_schema import SkipJsonSchema
 
 from clipgen import events
 from clipgen.backends import Backends, close_quietly, open_provider, open_store, run_backends
@@ -42,7 +41,14 @@ from clipgen.pipeline import (
 )
 from clipgen.planning import ClipPlan, JobPlan, plan_job
 from clipgen.references import reference_resolver
-from clipgen.run_parameters import WORKER_DEFAULT, ProviderName, StoreName, backend_name, options_for_run
+from clipgen.run_parameters import (
+    WORKER_DEFAULT,
+    OptionsParameter,
+    ProviderName,
+    StoreName,
+    backend_name,
+    options_for_run,
+)
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 from tasks.clips import generate_clip, generate_thumbnail, retry_delays
@@ -80,9 +86,9 @@ def cancel_run_predictions(flow: Flow[..., Any], flow_run: FlowRun, state: State
 )
 def generate_video_clips(
     job: ClipPrompts,
-    options: GenerationOptions | SkipJsonSchema[None] = DEFAULT_OPTIONS,
-    provider: ProviderName | SkipJsonSchema[None] = WORKER_DEFAULT,
-    store: StoreName | SkipJsonSchema[None] = WORKER_DEFAULT,
+    options: OptionsParameter = DEFAULT_OPTIONS,
+    provider: ProviderName = WORKER_DEFAULT,
+    store: StoreName = WORKER_DEFAULT,
 ) -> State[Clips]:
     """Generate every clip of a job; Completed with at least min_success clips, Failed otherwise.
 

@@ -110,6 +110,8 @@ def test_the_run_form_offers_choices_with_descriptions_and_defaults(prefect_stac
     assert all("default" in option for option in options.values())
     assert "Use JSON input" in parameters["job"]["description"]
     assert schema["required"] == ["job"]
+    # The form sorts fields by position: on PostgreSQL the stored schema's keys come back reordered.
+    assert sorted(options, key=lambda name: options[name]["position"]) == list(GenerationOptions.model_fields)
 
 
 def test_a_run_with_the_forms_defaults_completes(prefect_stack: PrefectStack) -> None:
@@ -363,6 +365,12 @@ def test_the_run_form_in_the_ui_takes_a_pasted_job_and_runs_with_what_it_shows(
         "provider": "worker-default",
         "store": "worker-default",
     }
+    labels = browser.execute_script(
+        "return [...document.querySelectorAll('.schema-form-property__label')].map(l => l.textContent.trim())"
+    )
+    fields = GenerationOptions.model_json_schema()["properties"].values()
+    titles = [f"{field['title']} (Optional)" for field in fields]
+    assert [label for label in labels if label in titles] == titles, labels
     offered = selects["provider"].find_elements(By.TAG_NAME, "option")
     assert [option.get_attribute("value") for option in offered] == ["worker-default", "local", "replicate"]
 
