@@ -161,7 +161,9 @@ VERBOSE_HELP = "show Prefect's own logs, and the traceback of a failure"
 def _job_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("job", type=Path, metavar="JOB.json")
     command.add_argument("--model", help=f"{' | '.join(MODELS)} (default kling-v2.5-turbo)")
-    command.add_argument("--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9; depends on the model)")
+    command.add_argument(
+        "--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9, or the model's only one)"
+    )
     command.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
     command.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
     command.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
@@ -367,7 +369,7 @@ def _options(settings: Settings, args: argparse.Namespace) -> GenerationOptions:
         "retry_failed": args.retry_failed,
     }
     try:
-        base = settings.default_options().model_dump()
+        base = settings.default_options().model_dump(exclude_unset=True)
         return GenerationOptions.model_validate(base | {k: v for k, v in flags.items() if v is not None})
     except pydantic.ValidationError as exc:
         raise ValidationError(pydantic_problems(exc, prefix="options")) from exc

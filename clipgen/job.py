@@ -304,6 +304,16 @@ class GenerationOptions(BaseModel):
         "rejected, wrong shape); without it they are reported failed again at no cost.",
     )
 
+    @model_validator(mode="after")
+    def _model_default_ratio(self) -> GenerationOptions:
+        # 16:9 is the default where the model offers it; a model that makes one shape only (CogVideoX:
+        # 3:2) gets that shape unless the caller asked for another, which the plan then refuses.
+        spec = MODELS.get(self.model)
+        chosen = "aspect_ratio" in self.model_fields_set
+        if spec and not chosen and self.aspect_ratio not in spec.aspect_ratios:
+            self.aspect_ratio = spec.aspect_ratios[0]
+        return self
+
 
 ClipOutcome = Literal["success", "failed"]
 

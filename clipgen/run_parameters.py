@@ -66,4 +66,4 @@ def options_for_run(options: GenerationOptions | None, settings: Settings) -> Ge
     if options is None:
         return defaults
     chosen = {name: getattr(options, name) for name in options.model_fields_set}
-    return GenerationOptions.model_validate(defaults.model_dump() | chosen)
+    return GenerationOptions.model_validate(defaults.model_dump(exclude_unset=True) | chosen)

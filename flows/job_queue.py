@@ -20,6 +20,7 @@ from pydantic import Field
 from clipgen.backends import close_quietly, open_store
 from clipgen.errors import ValidationError
 from clipgen.queueing import JobOutcome, LeaseKeeper, job_outcome, parse_queued_job, queue_of, queue_report
+from clipgen.run_parameters import WORKER_DEFAULT, ProviderName, StoreName, backend_name
 from clipgen.settings import Settings
 from clipgen.stores.queue import JobQueue, QueuedJob
 from flows.video_generator import generate_video_clips
@@ -28,16 +29,21 @@ from flows.video_generator import generate_video_clips
 @flow(name="process-video-job-queue", flow_run_name="video-job-queue", validate_parameters=True)
 def process_job_queue(
     max_jobs: Annotated[int, Field(ge=1, le=1000)] = 10,
-    provider: str | None = None,
-    store: str | None = None,
+    provider: ProviderName = WORKER_DEFAULT,
+    store: StoreName = WORKER_DEFAULT,
 ) -> State[list[JobOutcome]]:
     """Run up to `max_jobs` queued jobs, oldest first, and stop early when the queue is empty.
 
-    `provider` and `store` default to VIDEO_GENERATOR_PROVIDER and VIDEO_GENERATOR_STORE; the store holds
-    the queue as well as the clips.
+    Args:
+        max_jobs: Jobs this run takes at most, one after another; it stops early when the queue is empty.
+        provider: Where clips are made. `worker-default`: the worker's VIDEO_GENERATOR_PROVIDER (`local`
+            unless set). `local`: the free preview renderer. `replicate`: the paid models on Replicate.
+        store: Where the queue, clips and progress are kept. `worker-default`: the worker's
+            VIDEO_GENERATOR_STORE (`local` unless set). `local`: files and SQLite in the worker's
+            VIDEO_GENERATOR_DATA_DIR. `supabase`: Storage and Postgres.
     """
     settings = Settings()
-    store = store or settings.store
+    store = backend_name(store, settings.store)
     run = FlowRunContext.get()
     assert run is not None and run.flow_run is not None
     worker = f"{socket.gethostname()}/{run.flow_run.name}/{run.flow_run.id}"

@@ -94,6 +94,20 @@ def test_portrait_and_square_jobs(
             assert_undistorted(image.convert("L"), shape)
 
 
+@pytest.mark.usefixtures("prefect_server")
+def test_every_model_runs_the_any_model_example_with_its_default_ratio(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """CogVideoX makes 3:2 clips only: naming it alone is enough (the default 16:9 is for the others)."""
+    example = REPO / "examples" / "any-model.json"
+    job_id = json.loads(example.read_text())["job_id"]
+    assert main(["run", str(example), "--model", "cogvideox"]) == 0, capsys.readouterr()
+    assert "cogvideox 3:2" in capsys.readouterr().out
+    for index in range(3):
+        info = probe(data_dir / "storage" / "video-clips" / job_id / f"clip_{index}.mp4")
+        assert (info.width, info.height) == (720, 480)
+
+
 def assert_undistorted(thumbnail: Image.Image, shape: tuple[int, int]) -> None:
     """The picture inside the black bars keeps the clip's aspect ratio: padded, not stretched."""
     box = thumbnail.point(lambda v: 255 if v > 12 else 0).getbbox()

@@ -50,6 +50,10 @@ def test_the_queue_deployment_runs_every_minute_with_bounded_parallel_runs() -> 
     schema = parameter_schema(flow.fn).model_dump()
     assert schema["properties"]["max_jobs"]["minimum"] == 1
     assert config["parameters"]["max_jobs"] >= 1
+    # The same choices as the on-demand form, defaulting to the worker's settings.
+    assert schema["properties"]["provider"]["enum"] == ["worker-default", *BUILT_IN_PROVIDERS]
+    assert schema["properties"]["store"]["enum"] == ["worker-default", *BUILT_IN_STORES]
+    assert schema["properties"]["store"]["default"] == "worker-default"
 
 
 def test_every_deployment_uses_the_process_pool() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from uuid import uuid4
 
@@ -130,3 +131,26 @@ def test_unknown_job_fields_are_ignored() -> None:
     data = job(3.0).model_dump(mode="json") | {"pipeline_version": 7}
     data["clip_prompts"][0]["style"] = "noir"
     assert ClipPrompts.model_validate(data).total_clips == 1
+
+
+ANY_MODEL_JOB = Path(__file__).resolve().parents[1] / "examples" / "any-model.json"
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_the_any_model_example_plans_on_every_model_with_its_default_ratio(
+    model: str, tmp_path: Path
+) -> None:
+    from clipgen.job_files import read_job
+    from clipgen.references import resolve_reference
+
+    job = read_job(ANY_MODEL_JOB, tmp_path).job  # its images staged in the cache at tmp_path
+    resolve = functools.partial(resolve_reference, cache_dir=tmp_path)
+    plan = plan_job(job, GenerationOptions(model=model), resolve)
+    assert len(plan.clips) == 3
+    assert plan.aspect_ratio == ("16:9" if "16:9" in MODELS[model].aspect_ratios else "3:2")
+
+
+def test_a_ratio_given_is_kept_even_when_the_model_lacks_it() -> None:
+    assert GenerationOptions(model="cogvideox").aspect_ratio == "3:2"
+    assert GenerationOptions(model="cogvideox", aspect_ratio="16:9").aspect_ratio == "16:9"
+    assert GenerationOptions.model_validate({"model": "veo-3.1"}).aspect_ratio == "16:9"
