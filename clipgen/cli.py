@@ -9,7 +9,7 @@ PREFECT_API_URL to use a Prefect server of your own).
     video-generator submit JOB.json [--model KEY] [--aspect-ratio R] [--store local|supabase]
         [--concurrency N] [--min-success N] [--max-attempts N]
     video-generator setup-prefect [--work-pool NAME] [--prediction-limit N]
-    video-generator serve [--host H] [--port P]
+    video-generator serve [--host H] [--port P] [--insecure-no-token]
     video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
 
     video-generator [--verbose] COMMAND ...   # --verbose: Prefect's logs, and the traceback of a failure
@@ -138,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000)
+    server.add_argument(
+        "--insecure-no-token",
+        action="store_true",
+        help="serve on a non-loopback address without VIDEO_GENERATOR_API_TOKEN: anyone who reaches it "
+        "can read every job",
+    )
     server.set_defaults(command=_serve)
 
     fake = commands.add_parser(
@@ -168,6 +174,11 @@ def _job_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
     command.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
     command.add_argument(
+        "--allow-any-file",
+        action="store_true",
+        help="read image files the job names anywhere on disk (by default: JOB.json's folder and below)",
+    )
+    command.add_argument(
         "--retry-failed",
         action="store_true",
         default=None,
@@ -184,7 +195,7 @@ def _checked_job(
     caller uploads them (`JobFile.upload`) once the job is accepted. The store is opened only if the job
     itself names a store:// image that is not cached.
     """
-    job_file = read_job(args.job, settings.reference_cache_dir)
+    job_file = read_job(args.job, settings.reference_cache_dir, args.allow_any_file)
     options = _options(settings, args)
     opener = functools.partial(_open_store, store_name, settings, "--store")
     with reference_resolver(settings.reference_cache_dir, opener) as resolve:
@@ -338,9 +349,37 @@ def _setup_prefect(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from clipgen.server import serve
 
-    _settings()  # a bad setting is refused here, with its name
+    settings = _settings()  # a bad setting is refused here, with its name
+    token = settings.api_token
+    if token is not None and not token.get_secret_value():
+        raise ValidationError.one(
+            "VIDEO_GENERATOR_API_TOKEN", "is empty: set a token, or unset it to serve without one"
+        )
+    if token is None and not _is_loopback_host(args.host):
+        if not args.insecure_no_token:
+            raise ValidationError.one(
+                "--host",
+                f"{args.host} is reachable from other machines: set VIDEO_GENERATOR_API_TOKEN, or pass "
+                "--insecure-no-token to serve every job to anyone who can connect",
+            )
+        print(
+            f"warning: serving on {args.host} without VIDEO_GENERATOR_API_TOKEN (--insecure-no-token): "
+            "anyone who can connect can read every job",
+            file=sys.stderr,
+        )
     serve(args.host, args.port)
     return EXIT_OK
+
+
+def _is_loopback_host(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
 
 
 def _fake_replicate(args: argparse.Namespace) -> int:

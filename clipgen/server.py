@@ -5,7 +5,9 @@ separate machines): new events are found by polling the store's log a few times 
 `Last-Event-ID` (sent by browsers on reconnect) or `?after=`.
 
 Private objects are reached through links: the store's signed links, or, for the local store whose files
-a browser cannot open, links to this server signed with a per-process secret.
+a browser cannot open, links to this server signed with the store's key (clipgen/link_key.py). Links start
+with VIDEO_GENERATOR_PUBLIC_URL; without it, with the request's own address only when both ends are loopback
+(a `Host` header is the client's word), and otherwise they are relative to this server.
 """
 
 # No `from __future__ import annotations`: FastAPI reads these signatures at run time, and string annotations
@@ -13,33 +15,41 @@ a browser cannot open, links to this server signed with a per-process secret.
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import json
-import logging
-import re
 import secrets
+import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, urlencode
 from uuid import UUID
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from clipgen.backends import close_quietly, open_store
+from clipgen.http_safety import SecurityHeaders, install_log_redaction, origin, page_csp
+from clipgen.link_key import link_key
 from clipgen.settings import Settings
 from clipgen.status import JobView, is_finished, job_view, linked_event_data
 from clipgen.stores.base import BUCKETS, ClipStore
 
 PAGE = Path(__file__).with_name("job_page.html")
+MAX_EVENT_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint: a larger id is refused, not passed on
 
 
 def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.25) -> FastAPI:
     settings = settings or Settings()
-    link_secret = secrets.token_bytes(32)
+    if settings.api_token is not None and not settings.api_token.get_secret_value():
+        raise ValueError("VIDEO_GENERATOR_API_TOKEN is empty: set a token, or unset it to serve without one")
+    key = cache(lambda: link_key(settings.data_dir))  # made when a local link is first signed or checked
     stores: list[ClipStore] = []
 
     @asynccontextmanager
@@ -49,6 +59,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         close_quietly(stores.pop())
 
     app = FastAPI(title="video-generator", lifespan=lifespan)
+    app.add_middleware(SecurityHeaders)
 
     def store() -> ClipStore:
         return stores[0]
@@ -60,7 +71,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         if expected is None:
             return
         given = token or (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not hmac.compare_digest(given.encode(), expected.encode()):  # bytes: any text compares
             raise HTTPException(401, "a valid token is required (Authorization: Bearer, or ?token=)")
 
     guarded = [Depends(authorized)]
@@ -80,19 +91,31 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
             raise HTTPException(404, f"unknown job {job_id}")
         return job_id
 
-    def resume_point(after: int | None = None, last_event_id: Annotated[str | None, Header()] = None) -> int:
+    def resume_point(
+        after: Annotated[int | None, Query(ge=0, le=MAX_EVENT_ID)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> int:
         """Where a subscriber resumes. The header wins: a browser's own reconnect sends the last id it saw,
         while the URL keeps the `after` the page first opened with."""
         if last_event_id:
             try:
-                return int(last_event_id)
+                since = int(last_event_id)
             except ValueError:
+                since = -1
+            if not 0 <= since <= MAX_EVENT_ID:
                 raise HTTPException(400, "Last-Event-ID must be an event id") from None
+            return since
         return after or 0
 
     @app.exception_handler(HTTPException)
     async def json_errors(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Named, not echoed: the value may be a mistyped secret.
+        where = sorted({".".join(str(p) for p in error["loc"]) for error in exc.errors()})
+        return JSONResponse({"error": f"invalid request: {', '.join(where)}"}, status_code=422)
 
     @app.get("/healthz", dependencies=guarded)
     async def healthz() -> dict[str, str]:
@@ -100,9 +123,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
 
     @app.get("/jobs/{job_id}", dependencies=guarded)
     async def status(job_id: JobId, request: Request) -> JobView:
-        return await run_in_threadpool(
-            _view, store(), job_id, _linker(request, store(), link_secret, settings)
-        )
+        return await run_in_threadpool(_view, store(), job_id, _linker(request, store(), key, settings))
 
     @app.get("/jobs/{job_id}/events", response_class=EventSourceResponse, dependencies=guarded)
     async def stream(
@@ -112,7 +133,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
     ) -> AsyncIterator[ServerSentEvent]:
         if await run_in_threadpool(_seen_the_end, store(), job_id, since):
             return
-        link = _linker(request, store(), link_secret, settings)
+        link = _linker(request, store(), key, settings)
         while True:
             batch = await run_in_threadpool(store().events, job_id, since)
             for event in batch:
@@ -123,20 +144,26 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
                 return
             await asyncio.sleep(poll_interval_s)
 
+    link_origins = origin(settings.public_url) + origin(settings.supabase_url)
+
     @app.get("/jobs/{job_id}/view", response_class=HTMLResponse, dependencies=guarded)
-    async def view(job_id: JobId, token: str | None = None) -> str:
+    async def view(job_id: JobId, token: str | None = None) -> HTMLResponse:
         config = json.dumps({"jobId": str(job_id), "token": token})
-        return PAGE.read_text().replace("/*CONFIG*/null", config.replace("<", "\\u003c"))
+        nonce = secrets.token_urlsafe(16)
+        page = PAGE.read_text().replace("/*CONFIG*/null", config.replace("<", "\\u003c"))
+        page = page.replace("__NONCE__", nonce)
+        return HTMLResponse(page, headers={"content-security-policy": page_csp(nonce, link_origins)})
 
     @app.get("/media/{bucket}/{path:path}")
     async def media(bucket: str, path: str, expires: int, sig: str) -> FileResponse:
-        # Signed by this process (the link itself is the credential, as with Storage's signed links).
-        if bucket not in BUCKETS or not hmac.compare_digest(sig, _sign(link_secret, bucket, path, expires)):
+        # Signed with the store's key (the link itself is the credential, as with Storage's signed links).
+        expected = _sign(key(), bucket, path, expires)
+        if bucket not in BUCKETS or not hmac.compare_digest(sig.encode(), expected.encode()):
             raise HTTPException(403, "invalid link")
         if expires < time.time():
             raise HTTPException(403, "link expired")
-        file = settings.data_dir / "storage" / bucket / path
-        if ".." in Path(path).parts or not file.is_file():
+        file = await run_in_threadpool(_stored_file, settings.data_dir / "storage" / bucket, path)
+        if file is None:
             raise HTTPException(404, "no such object")
         return FileResponse(file)
 
@@ -166,39 +193,61 @@ def _seen_the_end(store: ClipStore, job_id: UUID, since: int) -> bool:
     return is_finished(log) and log[-1].id <= since
 
 
-def _linker(request: Request, store: ClipStore, secret: bytes, settings: Settings) -> Any:
+def _stored_file(root: Path, path: str) -> Path | None:
+    """The regular file at `path` inside `root`, reached without a symlink; None for anything else."""
+    try:
+        root = root.resolve(strict=True)
+        file = root.joinpath(path)
+        if not file.is_relative_to(root) or file.resolve(strict=True) != file:
+            return None  # outside the bucket, through `..`, or through a symlink
+        return file if stat.S_ISREG(file.lstat().st_mode) else None
+    except (OSError, ValueError):  # missing, a name too long, a NUL byte
+        return None
+
+
+def _linker(request: Request, store: ClipStore, key: Callable[[], bytes], settings: Settings) -> Any:
+    base = _link_base(request, settings)
+
     def link(bucket: str, path: str) -> str:
         url = store.signed_url(bucket, path)
         if not url.startswith("file://"):
             return url
         # A browser on an http page cannot open file:// links: serve the object ourselves.
         expires = int(time.time()) + settings.signed_url_ttl_seconds
-        sig = _sign(secret, bucket, path, expires)
-        return str(
-            request.url_for("media", bucket=bucket, path=path).include_query_params(expires=expires, sig=sig)
-        )
+        query = urlencode({"expires": expires, "sig": _sign(key(), bucket, path, expires)})
+        return f"{base}/media/{quote(bucket)}/{quote(path)}?{query}"
 
     return link
+
+
+def _link_base(request: Request, settings: Settings) -> str:
+    """Where links point: the configured public URL; the request's own address when client and `Host` are
+    both loopback (a local setup); otherwise nothing, so links are relative to whatever the client reached."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    client = request.client.host if request.client else ""
+    if _is_loopback(client) and _is_loopback(request.url.hostname or ""):
+        return str(request.base_url).rstrip("/")
+    return ""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 def _sign(secret: bytes, bucket: str, path: str, expires: int) -> str:
     return hmac.new(secret, f"{bucket}/{path}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
-class _RedactTokens(logging.Filter):
-    """The page sends the API token as `?token=` (EventSource cannot send headers): keep it out of logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
-        return True
-
-
-_TOKEN = re.compile(r"((?:^|[?&])token=)[^&\s]*")
-
-
 def serve(host: str, port: int) -> None:
     import uvicorn
 
-    logging.getLogger("uvicorn.access").addFilter(_RedactTokens())
+    install_log_redaction()
     uvicorn.run(create_app(), host=host, port=port, log_level="info")

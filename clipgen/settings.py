@@ -95,6 +95,20 @@ class Settings(BaseSettings):
         description="Let reference URLs resolve to loopback (127.0.0.0/8, ::1), for local staging. Private, "
         "link-local and other non-public addresses stay refused.",
     )
+    # The reference cache's bound (clipgen.reference_cache).
+    reference_cache_max_bytes: int = Field(
+        1024**3,
+        ge=0,
+        validation_alias="VIDEO_GENERATOR_REFERENCE_CACHE_MAX_BYTES",
+        description="Total size the reference cache is brought back under once per job, least recently "
+        "used images first; an image used in the last 6 hours is never removed.",
+    )
+    reference_cache_max_age_days: float = Field(
+        7.0,
+        gt=0,
+        validation_alias="VIDEO_GENERATOR_REFERENCE_CACHE_MAX_AGE_DAYS",
+        description="Cached reference images unused this long are removed (fetched again when needed).",
+    )
     replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
     replicate_base_url: str | None = Field(None, validation_alias="REPLICATE_BASE_URL")
     replicate_poll_interval_seconds: float = Field(
@@ -111,6 +125,13 @@ class Settings(BaseSettings):
         None,
         validation_alias="VIDEO_GENERATOR_SERVER_URL",
         description="Where `video-generator serve` runs; `run` then prints each job's page.",
+    )
+    public_url: str | None = Field(
+        None,
+        validation_alias="VIDEO_GENERATOR_PUBLIC_URL",
+        description="The base URL where clients reach `video-generator serve` (https://clips.example): "
+        "links to the local store's objects start with it. Unset: the request's address when it came over "
+        "loopback, otherwise links relative to the server; never the request's Host header from elsewhere.",
     )
     signed_url_ttl_seconds: int = Field(
         7 * 24 * 3600,

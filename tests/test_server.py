@@ -20,7 +20,8 @@ from httpx_sse import ServerSentEvent, connect_sse
 from prefect.client.orchestration import get_client
 
 from clipgen import events
-from clipgen.server import _RedactTokens, create_app
+from clipgen.http_safety import RedactSecrets
+from clipgen.server import create_app
 from clipgen.settings import Settings
 from tests.conftest import REPO
 from tests.stack.gateway import ServerThread
@@ -241,5 +242,5 @@ def test_tokens_are_redacted_from_access_logs() -> None:
         ("127.0.0.1:5", "GET", "/jobs/x/events?after=3&token=s3cret", "1.1", 200),
         None,
     )
-    _RedactTokens().filter(record)
+    RedactSecrets().filter(record)
     assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()
