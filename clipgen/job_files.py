@@ -1,6 +1,7 @@
 """Reading a job file on the user's machine, and the images it names.
 
-Image files the job names (paths relative to the file, absolute paths, file: URLs) and data: URIs longer than
+Image files the job names (paths relative to the file, absolute paths, file: URLs: in the job file's folder
+and below unless the command is given --allow-any-file) and data: URIs longer than
 MAX_INLINE_DATA_URI_CHARS are read here, checked as images, put in the reference cache and replaced by
 `store://clip-references/sha256/<hex>.<ext>` references. The job then carries a few dozen characters per
 image instead of its bytes: Prefect refuses flow-run parameters over 512 KB, and a phone photo is 2-5 MB.
@@ -45,8 +46,12 @@ class JobFile:
         return upload_staged(store, self.images)
 
 
-def read_job(path: Path, cache_dir: Path) -> JobFile:
-    """The job in `path`, its images staged (see the module's doc), or ValidationError naming each field."""
+def read_job(path: Path, cache_dir: Path, allow_any_file: bool = False) -> JobFile:
+    """The job in `path`, its images staged (see the module's doc), or ValidationError naming each field.
+
+    Only files in the job file's folder and below are read unless `allow_any_file`: running someone else's
+    job file must not send a private image from elsewhere on the disk (`../`, an absolute path, `~`, a
+    symlink out of the folder) to a paid provider."""
     try:
         raw = json.loads(path.read_text())
     except OSError as exc:
@@ -61,7 +66,8 @@ def read_job(path: Path, cache_dir: Path) -> JobFile:
         ) from exc
     images: tuple[StagedImage, ...] = ()
     if isinstance(raw, dict) and isinstance(raw.get("clip_prompts"), list):
-        images = _stage_images(raw["clip_prompts"], path.resolve().parent, cache_dir)
+        folder = JobFolder(path.resolve().parent, allow_any_file)
+        images = _stage_images(raw["clip_prompts"], folder, cache_dir)
     try:
         job = ClipPrompts.model_validate(raw)
     except pydantic.ValidationError as exc:
@@ -69,14 +75,36 @@ def read_job(path: Path, cache_dir: Path) -> JobFile:
     return JobFile(job, images)
 
 
-def load_job(path: Path, store: ClipStore, cache_dir: Path) -> ClipPrompts:
+def load_job(path: Path, store: ClipStore, cache_dir: Path, allow_any_file: bool = False) -> ClipPrompts:
     """The job in `path` with its images in `store`: ready to send to a deployment or queue, for scripts."""
-    job_file = read_job(path, cache_dir)
+    job_file = read_job(path, cache_dir, allow_any_file)
     job_file.upload(store)
     return job_file.job
 
 
-def _stage_images(prompts: list[Any], base: Path, cache_dir: Path) -> tuple[StagedImage, ...]:
+@dataclass(frozen=True)
+class JobFolder:
+    """Where a job file's relative paths start, and whether files outside it may be read."""
+
+    base: Path
+    allow_any_file: bool
+
+    def file(self, ref: str, named: Path, field: str) -> Path:
+        """The file `named` (as `ref` wrote it) stands for; ValidationError naming `field` if it is outside
+        the folder and that is not allowed."""
+        found = self.base / named  # an absolute `named` replaces `base`
+        # Resolved, so `..`, an absolute path or `~` elsewhere, and a symlink leading out are all caught.
+        if not self.allow_any_file and not found.resolve().is_relative_to(self.base):
+            raise ValidationError.one(
+                field,
+                f"{ref[:80]!r} is outside the job file's folder ({self.base}): only files in that folder "
+                "and below are read, so that a job file from someone else cannot send your other images to "
+                "a provider. Move the image beside the job file, or pass --allow-any-file to read it",
+            )
+        return found
+
+
+def _stage_images(prompts: list[Any], folder: JobFolder, cache_dir: Path) -> tuple[StagedImage, ...]:
     """Replace each file and large data: URI in `prompts` by its store:// reference; the images, each once.
     Every field that cannot be read as an image is reported, not just the first."""
     problems: list[Problem] = []
@@ -86,7 +114,7 @@ def _stage_images(prompts: list[Any], base: Path, cache_dir: Path) -> tuple[Stag
         if not isinstance(ref, str) or not ref.strip() or not _plain_text(ref):
             return ref  # the job model refuses what is not text (NUL, lone surrogates), naming the field
         try:
-            image = _staged_image(ref, field, base, cache_dir)
+            image = _staged_image(ref, field, folder, cache_dir)
         except ValidationError as exc:
             problems.extend(exc.problems)
             return ref
@@ -110,7 +138,7 @@ def _stage_images(prompts: list[Any], base: Path, cache_dir: Path) -> tuple[Stag
     return tuple(staged.values())
 
 
-def _staged_image(ref: str, field: str, base: Path, cache_dir: Path) -> StagedImage | None:
+def _staged_image(ref: str, field: str, folder: JobFolder, cache_dir: Path) -> StagedImage | None:
     """The image `ref` names if it is to be uploaded (a file, or a long data: URI); None to leave it as is."""
     try:
         parts = urlsplit(ref)
@@ -127,7 +155,7 @@ def _staged_image(ref: str, field: str, base: Path, cache_dir: Path) -> StagedIm
         file = Path(unquote(parts.path)) if scheme else Path(ref).expanduser()
     except RuntimeError as exc:  # ~user of an unknown user
         raise ValidationError.one(field, f"cannot read {ref}: {exc}") from exc
-    found = base / file  # an absolute `file` replaces `base`
+    found = folder.file(ref, file, field)
     return _staged(_read_file(found, field), field, cache_dir, str(found))
 
 

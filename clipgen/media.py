@@ -9,6 +9,7 @@ import io
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,17 @@ from clipgen.errors import MediaError
 KEN_BURNS_ZOOM = 1.12  # final zoom of the scene image over the whole clip
 KEN_BURNS_PAN = 0.6  # share of the free margin the crop centre drifts across, left to right
 CHARACTER_HEIGHT = 0.18  # character thumbnails, as a share of the frame's short side
+MAX_REFERENCE_PIXELS = 4096 * 4096
+"""Reference images larger than this are refused from the header. The largest image a model takes is
+1920x1080 (catalog output sizes); 4096x4096 leaves room for 4K frames and 12-megapixel phone photos, and
+decodes to at most 64 MB (RGBA)."""
+EXIF_ORIENTATION = 0x0112
+MAX_CONCURRENT_DECODES = 2
+_DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
+"""Image decodes at once in a process: a PNG has no reduced decoding, so five clips decoding five different
+4096x4096 RGBA references at once would hold ~450 MB; two at a time cost little time (a decode is short)."""
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
+"""Modes Image.reduce handles; a palette or CMYK image is converted to RGBA first."""
 AVCOL_SPC_SMPTE170M = 6  # AVColorSpace; PyAV's Colorspace enum holds swscale's different numbering
 # What Pillow raises for files it cannot (or should not) decode. The bomb warning only escapes as an
 # exception under an "error" warnings filter, as in the tests.
@@ -38,6 +50,10 @@ _UNDECODABLE = (
     Image.DecompressionBombError,
     Image.DecompressionBombWarning,
 )
+
+
+class ImageTooLarge(MediaError):
+    """An image refused from its header: more pixels than any model uses (MAX_REFERENCE_PIXELS)."""
 
 
 @dataclass(frozen=True)
@@ -134,18 +150,49 @@ def make_thumbnail(video: Path, dest: Path, size: tuple[int, int] = (320, 180)) 
     return dest
 
 
-def load_image(path: Path) -> Image.Image:
+def load_image(path: Path, cover: tuple[int, int] | None = None, field: str | None = None) -> Image.Image:
+    """The image at `path` upright and in RGB. With `cover`, decoded reduced (JPEG's DCT scaling, else
+    integer box reduction) to the smallest size that still covers `cover` (width, height): what a crop to
+    any ratio and a downscale to `cover` needs, at a fraction of the memory.
+
+    The size is read from the header first: over MAX_REFERENCE_PIXELS (what no model uses; a 9000x9000 PNG
+    of 314 KB decodes to ~930 MB) the image is refused before any pixel is decoded, naming `field`."""
     try:
         with Image.open(path) as image:
-            # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse it here instead of relying on
-            # a global warnings filter, which is not thread-safe.
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit is not None and image.width * image.height > limit:
-                raise MediaError(f"{path} is too large to decode safely ({image.width}x{image.height})")
-            image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
+            _check_pixels(image, field or str(path))
+            target = _stored_target(image, cover) if cover else None
+            if target is not None:
+                image.draft("RGB", target)  # JPEG only: decodes at 1/2, 1/4 or 1/8 scale when it covers
+            with _DECODES:
+                image.load()
+                reduced: Image.Image = image
+                if target is not None:
+                    factor = min(image.width // target[0], image.height // target[1])
+                    if factor > 1:
+                        source = image if image.mode in _REDUCIBLE else image.convert("RGBA")
+                        reduced = source.reduce(factor)
+                return ImageOps.exif_transpose(reduced).convert("RGB")
     except _UNDECODABLE as exc:
         raise MediaError(f"{path} is not an image Pillow can decode: {exc}") from exc
+
+
+def _check_pixels(image: Image.Image, shown: str) -> None:
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse it here instead of relying on a
+    # global warnings filter, which is not thread-safe.
+    limit = min(MAX_REFERENCE_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_REFERENCE_PIXELS)
+    if image.width * image.height > limit:
+        raise ImageTooLarge(
+            f"{shown} is {image.width}x{image.height} ({image.width * image.height / 1e6:.1f} megapixels), "
+            f"over the {limit / 1e6:.1f} megapixel limit for reference images: no model uses more than "
+            "1920x1080, so scale it down before sending it"
+        )
+
+
+def _stored_target(image: Image.Image, cover: tuple[int, int]) -> tuple[int, int]:
+    """`cover` in the stored orientation: an EXIF rotation by 90 degrees swaps width and height."""
+    width, height = max(1, cover[0]), max(1, cover[1])
+    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def fit_image(

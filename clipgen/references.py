@@ -51,7 +51,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from clipgen.errors import MediaError, ValidationError
-from clipgen.media import load_image
+from clipgen.media import ImageTooLarge, load_image
+from clipgen.reference_cache import CacheBound, evict, touch
 from clipgen.reference_objects import STORE_SCHEME, parse_store_reference, read_reference_object
 from clipgen.stores.base import ClipStore
 
@@ -61,6 +62,8 @@ FETCH_TIMEOUT_S = 15.0
 FETCH_DEADLINE_S = 60.0
 """For a whole fetch, redirects included, so a server that trickles bytes cannot hold planning up."""
 MAX_REDIRECTS = 3
+VERIFY_COVER = (64, 64)
+"""Verifying a reference decodes all of its data, reduced to about this size: the check needs no pixels."""
 SHORT_REF_CHARS = 60
 LOOPBACK_HINT = "set VIDEO_GENERATOR_ALLOW_LOOPBACK_REFERENCES=true to allow loopback for local staging"
 
@@ -122,10 +125,16 @@ def resolve_reference(
 
 @contextmanager
 def reference_resolver(
-    cache_dir: Path, open_store: StoreOpener, policy: ReferencePolicy | None = None
+    cache_dir: Path,
+    open_store: StoreOpener,
+    policy: ReferencePolicy | None = None,
+    bound: CacheBound | None = None,
 ) -> Iterator[Callable[[str, str], Path]]:
     """A resolver for planning (`clipgen.planning.Resolver`) that opens the store the first time a
-    store:// reference is not in the cache, keeps it for the job's other references, and closes it after."""
+    store:// reference is not in the cache, keeps it for the job's other references, and closes it after.
+
+    The cache is brought within its bound first (`clipgen.reference_cache`), once per job."""
+    evict(cache_dir, bound or CacheBound.from_settings())
     opened: list[ClipStore] = []
 
     def store() -> ClipStore:
@@ -153,7 +162,7 @@ def _resolve_stored(ref: str, field: str, cache_dir: Path, store: StoreOpener | 
     read through the store, checked against its name and decoded before it is cached."""
     obj = parse_store_reference(ref, field)
     cached = cache_dir / f"sha256-{obj.digest}"
-    if cached.is_file():  # only verified bytes are ever written under a content name
+    if touch(cached):  # only verified bytes are ever written under a content name
         return cached.resolve()
     if store is None:
         raise ValidationError.one(field, f"{obj.reference} is not cached here and no store was given")
@@ -179,7 +188,9 @@ def _resolve_file(ref: str, scheme: str, field: str, policy: ReferencePolicy) ->
     if not found:
         raise ValidationError.one(field, f"file not found: {path}")
     try:
-        load_image(path)
+        load_image(path, cover=VERIFY_COVER)
+    except ImageTooLarge as exc:
+        raise ValidationError.one(field, str(exc)) from None
     except MediaError as exc:
         raise ValidationError.one(field, f"not an image ({exc})") from exc
     return path.resolve()
@@ -357,7 +368,8 @@ def _resolve_url(url: str, field: str, cache_dir: Path, allow_loopback: bool) ->
     if fetched is None:  # 304: what the entry points at is current
         assert entry is not None  # _download answers None only to a conditional request
         content = cache_dir / entry.content
-        if content.is_file():
+        if touch(content):
+            touch(entry_path)
             return content
         # Removed between the check above and the answer: ask again, unconditionally this time.
         fetched = _download(url, field, allow_loopback, None)
@@ -403,12 +415,14 @@ def _store_verified(cache_dir: Path, data: bytes, field: str, shown: str) -> Pat
     says, so finding it is proof enough: the same image is not decoded again (20 clips, many reruns).
     """
     path = cache_dir / f"sha256-{hashlib.sha256(data).hexdigest()}"
-    if path.is_file():
+    if touch(path):
         return path
 
     def verify(tmp: Path) -> None:
         try:
-            load_image(tmp)
+            load_image(tmp, cover=VERIFY_COVER, field=shown)
+        except ImageTooLarge as exc:
+            raise ValidationError.one(field, str(exc)) from None
         except MediaError as exc:
             # The message names the reference, not the temporary file, which is gone when it is read.
             raise ValidationError.one(field, f"not an image ({str(exc).replace(str(tmp), shown)})") from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,15 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Photo]:
 
 
 def job_with_photos(directory: Path, scenes: list[Photo], **extra: Any) -> tuple[UUID, Path]:
-    """A job file naming each photo by its path, one clip each (veo-3.1 renders any of them at 16:9)."""
+    """A job file naming each photo by its path, one clip each (veo-3.1 renders any of them at 16:9). The
+    photos are linked beside it: the CLI reads only files in the job file's folder and below."""
     job_id = uuid4()
+    for photo in scenes:
+        beside = directory / photo.path.name
+        if not beside.exists():
+            os.link(photo.path, beside)  # a hard link: the same file, in the folder, without copying it
     prompts = [
-        {"clip_index": i, "prompt": f"clip {i}", "duration": 4.0, "scene_reference_url": str(photo.path)}
+        {"clip_index": i, "prompt": f"clip {i}", "duration": 4.0, "scene_reference_url": photo.path.name}
         | extra
         for i, photo in enumerate(scenes)
     ]

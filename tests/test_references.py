@@ -563,9 +563,9 @@ def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files the resolver verifies by decoding them, from now on."""
     decoded: list[Path] = []
 
-    def load_image(path: Path) -> Any:
+    def load_image(path: Path, **options: Any) -> Any:
         decoded.append(path)
-        return media.load_image(path)
+        return media.load_image(path, **options)
 
     monkeypatch.setattr(clipgen.references, "load_image", load_image)
     return decoded
@@ -705,7 +705,7 @@ def test_file_urls_absolute_paths_and_long_data_uris_are_staged_too(tmp_path: Pa
             {"clip_index": 2, "prompt": "r", "duration": 4, "scene_reference_url": long_uri},
         ],
     }
-    loaded = read_job(write_job(tmp_path / "job.json", job), tmp_path / "cache")
+    loaded = read_job(write_job(tmp_path / "job.json", job), tmp_path / "cache", allow_any_file=True)
     scenes = [prompt.scene_reference_url for prompt in loaded.job.clip_prompts]
     dusk = store_ref((IMAGES / "dusk.jpg").read_bytes(), "jpg")
     assert scenes == [store_ref(webp.read_bytes(), "webp"), dusk, dusk]

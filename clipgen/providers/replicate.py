@@ -139,6 +139,7 @@ class ReplicateProvider:
             timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True
         )
         self._uploaded: dict[tuple[str, str, tuple[int, int]], str] = {}
+        self._preparing: dict[tuple[str, str, tuple[int, int]], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -395,26 +396,34 @@ class ReplicateProvider:
 
     def _image_uri(self, path: str, aspect_ratio: str, size: tuple[int, int]) -> str:
         """The image cropped to the ratio and sized exactly (SVD rounds other sizes down to multiples of 64,
-        changing the shape): inline as a data URI when small, else through the Files API."""
+        changing the shape): inline as a data URI when small, else through the Files API.
+
+        Prepared once per image and size: clips that start together wait on the first one's gate instead of
+        each decoding (and uploading) the same image; a failed preparation leaves the next clip to try."""
         key = (path, aspect_ratio, size)
         with self._lock:
-            if key in self._uploaded:
-                return self._uploaded[key]
-        fitted = fit_image(load_image(Path(path)), aspect_ratio, "crop").resize(
-            size, Image.Resampling.LANCZOS
-        )
+            gate = self._preparing.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._uploaded:
+                    return self._uploaded[key]
+            uri = self._prepare_image(path, aspect_ratio, size)
+            with self._lock:
+                self._uploaded[key] = uri
+        return uri
+
+    def _prepare_image(self, path: str, aspect_ratio: str, size: tuple[int, int]) -> str:
+        # Decoded reduced to what still covers `size`: a 4096x4096 reference never sits in memory whole.
+        image = load_image(Path(path), cover=size)
+        fitted = fit_image(image, aspect_ratio, "crop").resize(size, Image.Resampling.LANCZOS)
         data = encode_image(fitted, "JPEG", 90)
         if len(data) <= INLINE_IMAGE_BYTES:
-            uri = "data:image/jpeg;base64," + base64.b64encode(data).decode()
-        else:
-            upload = io.BytesIO(data)
-            file = _api(
-                lambda: self._client.files.create(upload, filename="reference.jpg", content_type="image/jpeg")
-            )
-            uri = file.urls["get"]
-        with self._lock:
-            self._uploaded[key] = uri
-        return uri
+            return "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        upload = io.BytesIO(data)
+        file = _api(
+            lambda: self._client.files.create(upload, filename="reference.jpg", content_type="image/jpeg")
+        )
+        return str(file.urls["get"])
 
 
 def _no_upload(path: str, aspect_ratio: str, max_size: tuple[int, int]) -> str:
