@@ -92,13 +92,10 @@ def serve_process(
     )
     served = Served(f"http://127.0.0.1:{port}", process)
     try:
-        deadline = time.monotonic() + 30
-        while process.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(httpx.TransportError):
-                httpx.get(f"{served.base_url}/healthz", timeout=1)
-                break
+        deadline = time.monotonic() + 60
+        while not _answers(served.base_url):
+            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
             time.sleep(0.1)
-        assert process.poll() is None, "serve did not start"
         yield served
     finally:
         process.send_signal(signal.SIGINT)
@@ -107,6 +104,14 @@ def serve_process(
         except subprocess.TimeoutExpired:  # a stream still open keeps a graceful shutdown waiting
             process.kill()
             served.output, _ = process.communicate()
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        httpx.get(f"{base_url}/healthz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 # 2. The token is accepted in any spelling Starlette decodes; each is redacted from the access log.
@@ -139,7 +144,12 @@ def test_item3_media_link_signatures_are_redacted_from_the_access_log(tmp_path: 
 def test_item4_serving_without_a_token_takes_an_explicit_choice(tmp_path: Path, data_dir: Path) -> None:
     env = clean_env(tmp_path / "home", data_dir, {"VIDEO_GENERATOR_API_TOKEN": ""})
     empty = subprocess.run(
-        command("serve", "--port", str(free_port())), cwd=REPO, env=env, capture_output=True, text=True
+        command("serve", "--port", str(free_port())),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # refused at once; before, it served with no auth
     )
     assert empty.returncode == 2 and "VIDEO_GENERATOR_API_TOKEN" in empty.stderr, empty.stderr
     env = clean_env(tmp_path / "home", data_dir)
@@ -149,6 +159,7 @@ def test_item4_serving_without_a_token_takes_an_explicit_choice(tmp_path: Path, 
         env=env,
         capture_output=True,
         text=True,
+        timeout=60,
     )
     assert exposed.returncode == 2, exposed.stderr
     assert "VIDEO_GENERATOR_API_TOKEN" in exposed.stderr and "--insecure-no-token" in exposed.stderr
