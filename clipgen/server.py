@@ -33,6 +33,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clipgen.backends import close_quietly, open_store
 from clipgen.http_safety import SecurityHeaders, install_log_redaction, origin, page_csp
@@ -58,7 +59,9 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         yield
         close_quietly(stores.pop())
 
-    app = FastAPI(title="video-generator", lifespan=lifespan)
+    # No interactive docs or schema: they would be the only unauthenticated routes besides signed media, and
+    # Swagger's CDN script does not fit the CSP. The README lists the routes.
+    app = FastAPI(title="video-generator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
 
     def store() -> ClipStore:
@@ -107,8 +110,8 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
             return since
         return after or 0
 
-    @app.exception_handler(HTTPException)
-    async def json_errors(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # the router's own 404 and 405 too
+    async def json_errors(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -208,6 +208,9 @@ def test_item6_pages_and_json_send_security_headers(data_dir: Path, monkeypatch:
         page = httpx.get(f"{server.base_url}/jobs/{job}/view?token={TOKEN}")
         status = httpx.get(f"{server.base_url}/jobs/{job}", headers={"Authorization": f"Bearer {TOKEN}"})
         refused = httpx.get(f"{server.base_url}/healthz")
+        hidden = [httpx.get(f"{server.base_url}{path}") for path in ("/docs", "/redoc", "/openapi.json")]
+    assert [response.status_code for response in hidden] == [404, 404, 404]  # no unauthenticated schema
+    assert all(response.json() == {"error": "Not Found"} for response in hidden)
     assert page.status_code == 200 and status.status_code == 404 and refused.status_code == 401
     for response in (page, status, refused):
         assert response.headers["cache-control"] == "no-store"
