@@ -117,6 +117,14 @@ def is_final_for_plan(error: BaseException | None) -> bool:
     return isinstance(error, PermanentError) and error.final_for_plan
 
 
+class PublicBucket(PermanentError):
+    """A store bucket anyone can read: the store refuses to write clips or images there."""
+
+    def __init__(self, bucket: str) -> None:
+        super().__init__(f"bucket {bucket} is public; clips must be private (make it private)")
+        self.bucket = bucket
+
+
 class LostCreateUnresolved(TransientError):
     """A create's answer was lost and the provider's list cannot be read now: nothing new is paid for until
     it can tell whether that create made a prediction."""

@@ -22,6 +22,7 @@ from clipgen.errors import (
     PrefectDatabaseTooNew,
     PrefectRefused,
     PrefectUnavailable,
+    PublicBucket,
     StoreUnavailable,
 )
 from clipgen.settings import Settings
@@ -70,6 +71,14 @@ def store_unavailable(store: str, settings: Settings, error: Exception) -> Store
     """The store could not be read before the run (its first call): why, for the store it is."""
     if store == "supabase":
         where = f"The Supabase store at {settings.supabase_url}"
+        if isinstance(error, PublicBucket):
+            return StoreUnavailable(
+                f"{where} has a public bucket: {error}",
+                cause=f"the bucket {error.bucket} was created or switched to public, so anyone with a "
+                "link could read what is in it",
+                remedy=f"make {error.bucket} private (Storage, the bucket's settings, or SQL: update "
+                f"storage.buckets set public = false where id = '{error.bucket}'); then run the job again.",
+            )
         if isinstance(error, PermanentError):  # a 4xx: it answered, and said no
             return StoreUnavailable(
                 f"{where} refused the first request: {error}",

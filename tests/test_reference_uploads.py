@@ -348,6 +348,7 @@ def test_a_public_references_bucket_is_refused(
         assert main(["submit", str(path), "--model", "veo-3.1", "--store", "supabase"]) == 6
         err = " ".join(capsys.readouterr().err.split())  # the paragraph is wrapped
         assert f"bucket {REFERENCE_BUCKET} is public" in err and "(exit code 6" in err
+        assert f"make {REFERENCE_BUCKET} private" in err and "service role key" not in err
         assert not [key for key in supabase_env.storage.objects if key[0] == REFERENCE_BUCKET]
     finally:
         supabase_env.storage.reset()

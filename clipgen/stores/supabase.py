@@ -29,7 +29,7 @@ from pydantic import TypeAdapter
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
-from clipgen.errors import PermanentError, TransientError
+from clipgen.errors import PermanentError, PublicBucket, TransientError
 from clipgen.settings import Settings
 from clipgen.stores.base import (
     BUCKETS,
@@ -142,7 +142,7 @@ class SupabaseStore:
                 return
             for name in BUCKETS:
                 if self._bucket_is_public(name):
-                    raise PermanentError(f"bucket {name} is public; clips must be private (make it private)")
+                    raise PublicBucket(name)
             self._buckets_ready = True
 
     def _bucket_is_public(self, name: str) -> bool:
