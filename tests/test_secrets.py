@@ -36,6 +36,7 @@ from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from clipgen.backends import register_provider
 from clipgen.cli import main
+from clipgen.failures import EXIT_STORE_UNAVAILABLE
 from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
@@ -356,7 +357,7 @@ def test_a_wrong_supabase_key_fails_the_run_and_is_not_repeated(
     code = main(["run", str(job), "--provider", "scripted-secrets", "--store", "supabase", *FLAGS])
     printed = capfd.readouterr()
 
-    assert code == 1
+    assert code == EXIT_STORE_UNAVAILABLE  # the store refused the credentials: 6, not a failed job
     assert "JWSInvalidSignature" in printed.err  # the refusal, without the key
     texts = what_was_said(printed, caplog, all_logs)
     signature = wrong_key.rsplit(".", 1)[1]
