@@ -139,8 +139,8 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         link = _linker(request, store(), key, settings)
         while True:
             batch = await run_in_threadpool(store().events, job_id, since)
-            for event in batch:
-                data = await run_in_threadpool(_linked, store(), job_id, event.data, link)
+            linked = await run_in_threadpool(_linked, store(), job_id, [e.data for e in batch], link)
+            for event, data in zip(batch, linked, strict=True):
                 yield ServerSentEvent(id=str(event.id), event=event.event, data=data)
                 since = event.id
             if is_finished(batch):
@@ -182,12 +182,13 @@ def _view(store: ClipStore, job_id: UUID, link: Any) -> JobView:
     return found
 
 
-def _linked(store: ClipStore, job_id: UUID, data: dict[str, Any], link: Any) -> dict[str, Any]:
-    """Event data as a browser can use it: links signed now, like `/jobs/{id}`'s, never the store's paths."""
-    if "video_url" not in data and "thumbnail_url" not in data:
-        return data
-    thumbnails = store.thumbnail_records(job_id) if "thumbnail_url" in data else []
-    return linked_event_data(data, store.clip_records(job_id), thumbnails, link)
+def _linked(store: ClipStore, job_id: UUID, batch: list[dict[str, Any]], link: Any) -> list[dict[str, Any]]:
+    """A batch of event data as a browser can use it: links signed now, like `/jobs/{id}`'s, never the
+    store's paths. The records are read once per batch, and only when some event carries a link."""
+    if not any("video_url" in data or "thumbnail_url" in data for data in batch):
+        return batch
+    records, thumbnails = store.clip_records(job_id), store.thumbnail_records(job_id)
+    return [linked_event_data(data, records, thumbnails, link) for data in batch]
 
 
 def _seen_the_end(store: ClipStore, job_id: UUID, since: int) -> bool:
