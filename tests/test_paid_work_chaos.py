@@ -437,9 +437,14 @@ def test_runs_of_one_job_through_faults_and_a_kill_pay_once_per_clip(
     # may wait for the list until the faults are cleared for the final run.
     assert chaos.killed_with and [f.kind for f in chaos.unfired if f.kind != "fail"] == [], why
     failed_generations = {} if chaos.unfired else FAILED_GENERATIONS
-    assert set(OUTAGES.started) == {"run started", "lost create", "first upload"}, why
     assert len(chaos.concurrent) == CONCURRENT_RUNS, why
     assert not [state for state in chaos.concurrent if isinstance(state, BaseException)], why
+    # The storage outage starts at a concurrent run's first clip upload, which may not come: when the killed
+    # CLI left every clip it worked with an unanswered create, the concurrent runs can spend all their
+    # attempts waiting for the list (down twice) and fail every clip before uploading any.
+    delivered = any(c.status == "success" for state in chaos.concurrent for c in result_of(state).clips)
+    assert {"run started", "lost create"} <= set(OUTAGES.started), why
+    assert "first upload" in OUTAGES.started or not delivered, why
     lost_create = clip_errors(chaos.job, store, LOST_CLIP)
     assert any(LOST_CREATE_UNRESOLVED in error for error in lost_create), f"{lost_create}\n{why}"
     results = [result_of(state) for state in [*chaos.concurrent, chaos.final]]
