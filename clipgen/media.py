@@ -176,6 +176,18 @@ def load_image(path: Path, cover: tuple[int, int] | None = None, field: str | No
         raise MediaError(f"{path} is not an image Pillow can decode: {exc}") from exc
 
 
+def load_fitted(path: Path, size: tuple[int, int]) -> Image.Image:
+    """The image at `path` cropped (centred) and scaled to fill `size` exactly, upright and in RGB: decoded
+    reduced to what still covers `size`, so only `size` is kept of it."""
+    return ImageOps.fit(load_image(path, cover=size), size)
+
+
+def character_card_size(frame: tuple[int, int]) -> tuple[int, int]:
+    """The size a character is drawn at in a preview of `frame`'s size (without its border)."""
+    card_h = max(8, round(min(frame) * CHARACTER_HEIGHT))  # the short side: portrait frames look the same
+    return max(6, card_h * 3 // 4), card_h
+
+
 def _check_pixels(image: Image.Image, shown: str) -> None:
     # Pillow only warns between MAX_IMAGE_PIXELS and twice that; refuse it here instead of relying on a
     # global warnings filter, which is not thread-safe.
@@ -317,7 +329,8 @@ def _ken_burns(image: Image.Image, size: tuple[int, int], count: int) -> Iterato
     which scales and converts to yuv420p in one pass: ~3 ms at 1080p, where Pillow's resize alone is ~25 ms.
     Integer crops can wobble by half a pixel; invisible at preview quality."""
     width, height = size
-    source = ImageOps.fit(image.convert("RGB"), size)
+    fitted = image.size == size and image.mode == "RGB"  # as the local provider keeps it: no copies needed
+    source = image if fitted else ImageOps.fit(image.convert("RGB"), size)
     for index in range(count):
         progress = index / max(count - 1, 1)
         zoom = 1 + (KEN_BURNS_ZOOM - 1) * progress
@@ -378,11 +391,11 @@ def _overlay_layer(size: tuple[int, int], characters: Sequence[Image.Image], cap
         pad = max(2, font_size // 3)
         draw.rectangle((left - pad, top - pad, right + pad, bottom + pad), fill=(0, 0, 0, 140))
         draw.text((margin, margin), caption, font=font, fill=(255, 255, 255, 235))
-    card_h = max(8, round(short_side * CHARACTER_HEIGHT))
+    card_size = character_card_size(size)
     border = max(1, round(short_side * 0.004))
     left = margin
     for character in characters:
-        card = ImageOps.fit(character.convert("RGB"), (max(6, card_h * 3 // 4), card_h))
+        card = ImageOps.fit(character.convert("RGB"), card_size)
         card = ImageOps.expand(card, border, fill="white")
         if left + card.width > width - margin:
             break  # no room for more; a partly shown card reads as a glitch

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipgen.media import load_image, render_preview
+from PIL import Image
+
+from clipgen.media import character_card_size, load_fitted, render_preview
+from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 
 PREVIEW_FPS = 24
+KEPT_IMAGE_BYTES = 64 * 1024 * 1024
+"""Decoded images a provider keeps for its run's later clips: ten 1080p scenes. A job of more distinct
+images decodes again those its clips come back to after ten others; it cannot make a worker keep them all."""
 
 
 class LocalProvider:
@@ -16,16 +22,26 @@ class LocalProvider:
 
     No network, no credentials, no cost: for trying the pipeline and for tests. The clip's metadata says it
     is a preview so nobody mistakes it for model output.
+
+    One provider serves one flow run: each image is decoded once for the run, reduced to the size a clip
+    draws it at (the frame for the scene, the card for a character), and shared by the clips that use it.
     """
 
     name = "local"
     paid = False
 
+    def __init__(self) -> None:
+        self._images: OncePerKey[tuple[str, tuple[int, int]], Image.Image] = OncePerKey(
+            KEPT_IMAGE_BYTES, _decoded_bytes
+        )
+
     def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
         # Nothing paid: the ledger is not involved, only the clip's lease.
         work.check()
-        scene = load_image(Path(plan.scene_image)) if plan.scene_image else None
-        characters = [load_image(Path(path)) for path in plan.character_images]
+        frame = (plan.width, plan.height)
+        scene = self._image(plan.scene_image, frame) if plan.scene_image else None
+        card = character_card_size(frame)
+        characters = [self._image(path, card) for path in plan.character_images]
         render_preview(
             dest,
             width=plan.width,
@@ -47,3 +63,12 @@ class LocalProvider:
 
     def cancel(self, prediction_id: str) -> RemoteStatus | None:
         return None  # renders in-process; there is nothing running elsewhere to stop
+
+    def _image(self, path: str, size: tuple[int, int]) -> Image.Image:
+        """The image at `path` filling `size`, decoded the first time a clip of the run asks for it. Clips
+        only read it (crops and copies), so one image serves clips rendering at the same time."""
+        return self._images.get((path, size), lambda: load_fitted(Path(path), size))
+
+
+def _decoded_bytes(image: Image.Image) -> int:
+    return image.width * image.height * len(image.getbands())

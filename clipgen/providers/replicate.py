@@ -27,7 +27,6 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -50,6 +49,7 @@ from clipgen.errors import (
 )
 from clipgen.media import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
+from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
 from clipgen.settings import Settings
@@ -62,6 +62,9 @@ LIVE = frozenset({"starting", "processing"})
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 INLINE_IMAGE_BYTES = 256 * 1024
+# Prepared images a provider keeps for its run: over a hundred inline ones. A job of more distinct images
+# prepares again one its clips come back to after that many others.
+KEPT_URI_BYTES = 48 * 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
 # How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
 CLOCK_SKEW = timedelta(seconds=30)
@@ -138,9 +141,8 @@ class ReplicateProvider:
         self._downloads = downloads or httpx.Client(
             timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True
         )
-        self._uploaded: dict[tuple[str, str, tuple[int, int]], str] = {}
-        self._preparing: dict[tuple[str, str, tuple[int, int]], threading.Lock] = {}
-        self._lock = threading.Lock()
+        # Data URIs (up to INLINE_IMAGE_BYTES of JPEG each) and Files API links, kept for the run's clips.
+        self._image_uris: OncePerKey[tuple[str, str, tuple[int, int]], str] = OncePerKey(KEPT_URI_BYTES, len)
 
     def close(self) -> None:
         self._downloads.close()
@@ -400,17 +402,9 @@ class ReplicateProvider:
 
         Prepared once per image and size: clips that start together wait on the first one's gate instead of
         each decoding (and uploading) the same image; a failed preparation leaves the next clip to try."""
-        key = (path, aspect_ratio, size)
-        with self._lock:
-            gate = self._preparing.setdefault(key, threading.Lock())
-        with gate:
-            with self._lock:
-                if key in self._uploaded:
-                    return self._uploaded[key]
-            uri = self._prepare_image(path, aspect_ratio, size)
-            with self._lock:
-                self._uploaded[key] = uri
-        return uri
+        return self._image_uris.get(
+            (path, aspect_ratio, size), lambda: self._prepare_image(path, aspect_ratio, size)
+        )
 
     def _prepare_image(self, path: str, aspect_ratio: str, size: tuple[int, int]) -> str:
         # Decoded reduced to what still covers `size`: a 4096x4096 reference never sits in memory whole.
