@@ -11,7 +11,7 @@ import pytest
 
 from tests.stack.fixtures import SupabaseDb
 from tests.stack.gateway import SupabaseGateway
-from tests.stack.storage import FakeStorage
+from tests.stack.storage_server import StorageAdmin, StorageServer, StorageUnavailable, built_app
 
 # supabase_db: real PostgreSQL 15 + PostgREST with the migrations applied, once per session.
 pytest_plugins = ["tests.stack.fixtures"]
@@ -34,18 +34,35 @@ def prefect_server() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class SupabaseStack:
-    """Real PostgreSQL + PostgREST and the fake Storage API, behind one base URL."""
+    """Real PostgreSQL, PostgREST and Storage behind one base URL, as in a Supabase project. `storage` reads
+    Storage's tables and the gateway's request record, and injects faults in front of Storage."""
 
     url: str
     service_key: str
     anon_key: str
-    storage: FakeStorage
+    storage: StorageAdmin
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
 
 
 @pytest.fixture(scope="session")
 def supabase_stack(supabase_db: SupabaseDb) -> Iterator[SupabaseStack]:
-    with SupabaseGateway(supabase_db.postgrest.url, supabase_db.jwt_secret) as gateway:
-        yield SupabaseStack(gateway.base_url, supabase_db.service_key, supabase_db.anon_key, gateway.storage)
+    """The real Storage server on the session's database (its migrations add the `storage` schema beside
+    ours), and the gateway in front of it and PostgREST."""
+    try:
+        app = built_app()  # the cached build, or about a minute to build it the first time
+    except StorageUnavailable as exc:
+        if _in_ci():
+            pytest.fail(f"CI is set, so the Storage tests may not be skipped: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    with (
+        StorageServer(app, supabase_db.postgres, jwt_secret=supabase_db.jwt_secret) as server,
+        SupabaseGateway(supabase_db.postgrest.url, server.url) as gateway,
+    ):
+        storage = StorageAdmin(supabase_db.postgres, server, gateway.storage)
+        yield SupabaseStack(gateway.base_url, supabase_db.service_key, supabase_db.anon_key, storage)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Issue 13, shown: several runs of one job at once, through faults and a `kill -9`, pay once per clip.
 
-One scenario per store (local: files + SQLite; supabase: real PostgreSQL + PostgREST and the Storage
-imitation), with real flow runs, the real Replicate client and the fake Replicate API:
+One scenario per store (local: files + SQLite; supabase: real PostgreSQL, PostgREST and Storage), with
+real flow runs, the real Replicate client and the fake Replicate API:
 
 1. a CLI run (`video-generator run`, a subprocess) of a 6-clip job (veo-3.1, 4 s, text only; every
    prediction takes 1 s) is killed with SIGKILL as soon as its first prediction exists: it leaves leases on
@@ -124,7 +124,7 @@ class ChaosLocalStore(LocalStore):
 
 
 class ChaosSupabaseStore(SupabaseStore):
-    """The real Supabase store; the storage outage is the Storage imitation's, behind the gateway."""
+    """The real Supabase store; the storage outage is the gateway's, in front of the real Storage."""
 
     def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
         if record.clip_index == LOST_CLIP:
@@ -328,7 +328,7 @@ def arm_outages(request: pytest.FixtureRequest, fake: FakeReplicateServer, store
         request.addfinalizer(storage.clear_faults)
 
         def storage_down() -> None:
-            # Every clip upload answers 503 (in front of Storage's auth) until the timer ends the outage.
+            # Every clip upload answers 503 (the gateway's, before Storage) until the timer ends the outage.
             storage.fail_next(10**6, status=503, bucket=VIDEO_BUCKET, operation="upload")
             timer.start()
 

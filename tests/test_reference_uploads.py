@@ -1,8 +1,8 @@
 """Reference images travel as stored objects, not as bytes in flow-run parameters.
 
 Realistic photos (2-5 MB JPEG and PNG of random pixels, so they do not compress) go through `video-generator
-run` and through `submit` plus the queue flow, on the local store and on Supabase (real PostgreSQL and
-PostgREST, the Storage imitation). What Prefect's API returns as the flow run's parameters, and the queue row,
+run` and through `submit` plus the queue flow, on the local store and on Supabase (real PostgreSQL,
+PostgREST and Storage). What Prefect's API returns as the flow run's parameters, and the queue row,
 stay a few KB: Prefect refuses parameters over 512 KB, which a single inlined phone photo passes.
 """
 
@@ -145,7 +145,7 @@ def test_run_on_supabase_stores_each_photo_once_across_clips_and_runs(
     storage = supabase_env.storage
     for photo in (photos[0], photos[1], photos[3]):
         stored = storage.object(REFERENCE_BUCKET, photo.object_path)
-        assert stored.sha256 == hashlib.sha256(photo.data).hexdigest()
+        assert stored.etag == hashlib.md5(photo.data).hexdigest()  # Storage's eTag: the stored bytes' MD5
         assert stored.content_type == ("image/jpeg" if photo.format == "JPEG" else "image/png")
         assert storage.writes(REFERENCE_BUCKET, photo.object_path) == 1
     assert not storage.buckets[REFERENCE_BUCKET].public

@@ -1,5 +1,5 @@
 """One contract, two stores: the local store and the Supabase store (real PostgreSQL through real PostgREST,
-with the fake Storage API behind the same base URL) must behave the same, so they cannot drift."""
+with the real Storage server behind the same base URL) must behave the same, so they cannot drift."""
 
 from __future__ import annotations
 
@@ -166,7 +166,7 @@ def test_supabase_store_creates_private_buckets_once_even_when_racing(supabase_e
     finally:
         for store in stores:
             store.close()
-    assert {name: bucket["public"] for name, bucket in supabase_env.storage.buckets.items()} == {
+    assert {name: bucket.public for name, bucket in supabase_env.storage.buckets.items()} == {
         "video-clips": False,
         "clip-thumbnails": False,
         "clip-references": False,

@@ -1,27 +1,34 @@
-"""The Supabase store end to end: the example job against real PostgreSQL + PostgREST and the fake Storage API
-behind one base URL, through supabase-py exactly as production builds it."""
+"""The Supabase store end to end: the example job against real PostgreSQL, PostgREST and Storage behind one
+base URL, through supabase-py exactly as production builds it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import jwt
 import pytest
 from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 
 from clipgen.backends import register_provider
 from clipgen.cli import main
+from clipgen.errors import PermanentError, PublicBucket
 from clipgen.server import create_app
 from clipgen.settings import Settings
+from clipgen.stores.base import REFERENCE_BUCKET, THUMBNAIL_BUCKET, VIDEO_BUCKET
+from clipgen.stores.supabase import SupabaseStore
 from supabase import Client, ClientOptions, create_client
-from tests.conftest import EXAMPLE_JOB
+from tests.conftest import EXAMPLE_JOB, SupabaseStack
 from tests.doubles import ScriptedProvider
 from tests.stack.fixtures import SupabaseDb, migration_files, prepare_database
 from tests.stack.gateway import ServerThread
@@ -70,15 +77,16 @@ def test_example_job_lands_in_both_buckets_and_all_three_tables(supabase_stack: 
         index = clip["clip_index"]
         video = storage.object("video-clips", f"{JOB_ID}/clip_{index}.mp4")
         thumbnail = storage.object("clip-thumbnails", f"{JOB_ID}/clip_{index}_thumbnail.jpg")
-        assert video["content_type"] == "video/mp4"
-        assert thumbnail["content_type"] == "image/jpeg"
+        assert video.content_type == "video/mp4"
+        assert thumbnail.content_type == "image/jpeg"
         assert clip["storage_path"] == f"{JOB_ID}/clip_{index}.mp4"
         # The signed links download the very bytes that were stored.
         downloaded = httpx.get(clip["video_url"], timeout=10)
         assert downloaded.status_code == 200
-        assert hashlib.sha256(downloaded.content).hexdigest() == video["sha256"]
+        assert downloaded.headers["content-type"] == "video/mp4"
+        assert hashlib.md5(downloaded.content).hexdigest() == video.etag  # Storage's eTag: the bytes' MD5
         assert httpx.get(clip["thumbnail_url"], timeout=10).content[:2] == b"\xff\xd8"
-    assert all(not bucket["public"] for bucket in storage.buckets.values())
+    assert all(not bucket.public for bucket in storage.buckets.values())
 
     assert len(rows(supabase_stack, "clips")) == 6
     assert {row["status"] for row in rows(supabase_stack, "clips")} == {"success"}
@@ -228,3 +236,125 @@ def test_a_project_at_the_previous_migration_is_upgraded_in_place(supabase_db: S
             )
     finally:
         cluster.psql(f"drop database {db} with (force)")
+
+
+# --- the store's use of Storage, against the real server --------------------------------------------------
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def store(supabase_env: SupabaseStack) -> Iterator[SupabaseStore]:
+    opened = SupabaseStore.from_settings(Settings())
+    yield opened
+    opened.close()
+
+
+def test_a_5_mb_clip_streams_up_is_overwritten_in_place_and_downloads_in_ranges(
+    store: SupabaseStore, supabase_env: SupabaseStack, tmp_path: Path
+) -> None:
+    source, path = tmp_path / "clip.mp4", f"{uuid.uuid4()}/clip_0.mp4"
+    source.write_bytes(os.urandom(5 * MB))
+    store.put_object(VIDEO_BUCKET, path, source, "video/mp4")
+    # Over an existing key, as a retried upload or a rerun does: only ever with upsert (a multi-MB upload
+    # without it stalls until the client's write timeout, after Storage's early 409).
+    data = os.urandom(5 * MB + 1)
+    source.write_bytes(data)
+    stored = store.put_object(VIDEO_BUCKET, path, source, "video/mp4")
+
+    obj = supabase_env.storage.object(VIDEO_BUCKET, path)
+    assert (obj.size, obj.content_type, obj.etag) == (len(data), "video/mp4", hashlib.md5(data).hexdigest())
+    assert supabase_env.storage.writes(VIDEO_BUCKET, path) == 2
+    whole = httpx.get(stored.url, timeout=30)
+    assert (whole.status_code, whole.headers["content-type"]) == (200, "video/mp4")
+    assert whole.content == data
+    part = httpx.get(stored.url, headers={"Range": "bytes=1000-1999"}, timeout=10)
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 1000-1999/{len(data)}"
+    assert part.content == data[1000:2000]
+
+
+@pytest.mark.parametrize(
+    ("bucket", "name", "content_type"),
+    [
+        (VIDEO_BUCKET, "clip_0.mp4", "video/mp4"),
+        (THUMBNAIL_BUCKET, "clip_0_thumbnail.jpg", "image/jpeg"),
+        (REFERENCE_BUCKET, "photo.png", "image/png"),
+        (REFERENCE_BUCKET, "photo.jpg", "image/jpeg"),
+    ],
+)
+def test_objects_keep_the_content_type_they_were_stored_with(
+    store: SupabaseStore,
+    supabase_env: SupabaseStack,
+    tmp_path: Path,
+    bucket: str,
+    name: str,
+    content_type: str,
+) -> None:
+    source, path = tmp_path / name, f"{uuid.uuid4()}/{name}"
+    source.write_bytes(b"not really " + content_type.encode())
+    stored = store.put_object(bucket, path, source, content_type)
+    assert supabase_env.storage.object(bucket, path).content_type == content_type
+    assert httpx.get(stored.url, timeout=10).headers["content-type"] == content_type
+
+
+def test_a_signed_link_expires_and_is_signed_again_from_the_object_path(
+    store: SupabaseStore, supabase_env: SupabaseStack, tmp_path: Path
+) -> None:
+    source, path = tmp_path / "clip.mp4", f"{uuid.uuid4()}/clip_0.mp4"
+    source.write_bytes(b"a clip")
+    store.put_object(VIDEO_BUCKET, path, source, "video/mp4")
+    with supabase(supabase_env.url, supabase_env.service_key) as client:
+        short = SupabaseStore(client, signed_url_ttl_s=1).signed_url(VIDEO_BUCKET, path)
+        token = parse_qs(urlsplit(short).query)["token"][0]
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["exp"] - claims["iat"] == 1
+        time.sleep(2.1)  # past the link's expiry (Storage checks `exp` with no leeway)
+        expired = httpx.get(short, timeout=10)
+    assert expired.status_code == 400 and expired.json()["error"] == "InvalidJWT", expired.text
+    assert httpx.get(store.signed_url(VIDEO_BUCKET, path), timeout=10).content == b"a clip"
+
+
+def test_a_duplicate_without_upsert_is_refused(store: SupabaseStore, tmp_path: Path) -> None:
+    """Why the store always uploads with upsert: a rerun's or a retry's upload would be refused."""
+    source, path = tmp_path / "clip.mp4", f"{uuid.uuid4()}/clip_0.mp4"
+    source.write_bytes(b"small")  # small: a multi-MB duplicate stalls the client instead
+    store.put_object(VIDEO_BUCKET, path, source, "video/mp4")
+    with pytest.raises(StorageApiError) as refused:
+        store._client.storage.from_(VIDEO_BUCKET).upload(path, source, {"content-type": "video/mp4"})
+    assert (refused.value.status, refused.value.code) == ("409", "Duplicate")
+
+
+def test_a_deleted_object_is_gone_for_the_store(store: SupabaseStore, tmp_path: Path) -> None:
+    source, path = tmp_path / "clip.mp4", f"{uuid.uuid4()}/clip_0.mp4"
+    source.write_bytes(b"to be deleted")
+    stored = store.put_object(VIDEO_BUCKET, path, source, "video/mp4")
+    store._client.storage.from_(VIDEO_BUCKET).remove([path])  # as an operator would: the store never deletes
+    assert not store.has_object(VIDEO_BUCKET, path)
+    with pytest.raises(PermanentError, match="Supabase Storage 404"):
+        store.signed_url(VIDEO_BUCKET, path)
+    assert httpx.get(stored.url, timeout=10).status_code == 400  # Storage's 404, rendered with HTTP 400
+
+
+def test_missing_buckets_are_created_private_and_a_public_one_is_refused(
+    supabase_env: SupabaseStack, tmp_path: Path
+) -> None:
+    supabase_env.storage.reset()
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(b"a clip")
+    try:
+        with supabase(supabase_env.url, supabase_env.service_key) as client:
+            SupabaseStore(client, signed_url_ttl_s=60).put_object(
+                VIDEO_BUCKET, "a/clip_0.mp4", source, "video/mp4"
+            )
+            assert {name: b.public for name, b in supabase_env.storage.buckets.items()} == dict.fromkeys(
+                (VIDEO_BUCKET, THUMBNAIL_BUCKET, REFERENCE_BUCKET), False
+            )
+            client.storage.update_bucket(THUMBNAIL_BUCKET, {"public": True})
+            with pytest.raises(PublicBucket, match=THUMBNAIL_BUCKET):
+                SupabaseStore(client, signed_url_ttl_s=60).put_object(
+                    VIDEO_BUCKET, "a/clip_1.mp4", source, "video/mp4"
+                )
+        assert supabase_env.storage.writes(VIDEO_BUCKET, "a/clip_1.mp4") == 0
+    finally:
+        supabase_env.storage.reset()
