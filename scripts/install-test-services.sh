@@ -5,7 +5,12 @@
 #     as root with apt-get and no PG_BINDIR, a missing install is fixed with apt-get unless
 #     TEST_SERVICES_NO_APT=1;
 #   - Chromium and its driver for the job page test (Debian's chromium, chromium-driver), likewise with
-#     apt-get as root when missing.
+#     apt-get as root when missing;
+#   - the real Supabase Storage server: Node and npm, and g++, make and python3 for its native addon (from
+#     Debian with apt-get as root when missing), then its build from $SUPABASE_STORAGE_SOURCE (default
+#     ../shared/supabase-storage/source beside the repository) into .test-services/storage/<source hash>/
+#     (npm ci from the npm registry; about a minute the first time, nothing once built). Without the
+#     source it warns: the Storage tests then skip, or fail under CI.
 # Idempotent and safe to run from two test sessions at once. Prints the postgrest binary's path.
 set -euo pipefail
 
@@ -115,7 +120,45 @@ check_chromium() {
     fi
 }
 
+storage_source() {
+    if [[ -n "${SUPABASE_STORAGE_SOURCE:-}" ]]; then echo "$SUPABASE_STORAGE_SOURCE"; else echo "$root/../shared/supabase-storage/source"; fi
+}
+
+missing_build_tools() { # what the Storage server's build needs and is not on the PATH, as Debian packages
+    local tool
+    command -v node >/dev/null || echo nodejs
+    command -v npm >/dev/null || echo npm
+    for tool in g++ make python3; do command -v "$tool" >/dev/null || echo "$tool"; done
+}
+
+build_storage() {
+    [[ "${TEST_SERVICES_NO_STORAGE:-0}" == 1 ]] && return
+    local source missing
+    source="$(storage_source)"
+    if [[ ! -f "$source/package.json" ]]; then
+        log "warning: no Supabase Storage source at $source (set SUPABASE_STORAGE_SOURCE); its tests will skip (or fail under CI)"
+        return
+    fi
+    missing="$(missing_build_tools | tr '\n' ' ')"
+    if [[ -n "$missing" ]] && [[ "${TEST_SERVICES_NO_APT:-0}" != 1 && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+        log "installing $missing with apt-get for the Supabase Storage server ..."
+        # shellcheck disable=SC2086 # one word per package
+        apt_install $missing
+        missing="$(missing_build_tools | tr '\n' ' ')"
+    fi
+    if [[ -n "$missing" ]]; then
+        log "warning: $missing missing; the Supabase Storage tests will skip (or fail under CI)"
+        return
+    fi
+    # The build lives in Python (tests/stack/storage_server.py), shared with the test fixture that builds on
+    # demand; it needs the project's virtualenv (dev.py creates it).
+    local python="$root/.venv/bin/python"
+    [[ -x "$python" ]] || python=python3
+    (cd "$root" && "$python" -m tests.stack.storage_server build >&2) || die "building Supabase Storage failed"
+}
+
 check_postgres
 check_chromium
 install_postgrest
+build_storage
 echo "$postgrest"
