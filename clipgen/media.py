@@ -36,10 +36,22 @@ decodes to at most 64 MB (RGBA)."""
 EXIF_ORIENTATION = 0x0112
 MAX_CONCURRENT_DECODES = 2
 _DECODES = threading.BoundedSemaphore(MAX_CONCURRENT_DECODES)
-"""Image decodes at once in a process: a PNG has no reduced decoding, so five clips decoding five different
-4096x4096 RGBA references at once would hold ~450 MB; two at a time cost little time (a decode is short)."""
+"""Image decodes at once in a process. A PNG has no reduced decoding: one at the cap holds ~100 MB until it is
+reduced (64 MB decoded, a 16 MB band and the 16 MB result), so five clips decoding five different ones at
+once would hold ~500 MB; two at a time cost little time (a decode is short)."""
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "I", "F"})
-"""Modes Image.reduce handles; a palette or CMYK image is converted to RGBA first."""
+"""Modes Image.reduce handles; any other (a palette image) is converted to RGBA first."""
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What turns an image upright, by its EXIF orientation (as ImageOps.exif_transpose, which would copy the
+image when it is upright already)."""
 AVCOL_SPC_SMPTE170M = 6  # AVColorSpace; PyAV's Colorspace enum holds swscale's different numbering
 # What Pillow raises for files it cannot (or should not) decode. The bomb warning only escapes as an
 # exception under an "error" warnings filter, as in the tests.
@@ -160,20 +172,37 @@ def load_image(path: Path, cover: tuple[int, int] | None = None, field: str | No
     try:
         with Image.open(path) as image:
             _check_pixels(image, field or str(path))
-            target = _stored_target(image, cover) if cover else None
-            if target is not None:
-                image.draft("RGB", target)  # JPEG only: decodes at 1/2, 1/4 or 1/8 scale when it covers
             with _DECODES:
-                image.load()
-                reduced: Image.Image = image
+                # Under the gate: a PNG's getexif() decodes the whole image (an eXIf chunk may follow it).
+                orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+                target = _stored_target(cover, orientation) if cover else None
                 if target is not None:
-                    factor = min(image.width // target[0], image.height // target[1])
-                    if factor > 1:
-                        source = image if image.mode in _REDUCIBLE else image.convert("RGBA")
-                        reduced = source.reduce(factor)
-                return ImageOps.exif_transpose(reduced).convert("RGB")
+                    image.draft("RGB", target)  # JPEG only: decodes at 1/2, 1/4 or 1/8 scale when it covers
+                image.load()
+                pixels = _reduced_rgb(image, target)
+        # The whole decode is freed by now; only the reduced copy is turned upright.
+        method = _UPRIGHT.get(orientation)
+        return pixels.transpose(method) if method is not None else pixels
     except _UNDECODABLE as exc:
         raise MediaError(f"{path} is not an image Pillow can decode: {exc}") from exc
+
+
+def _reduced_rgb(image: Image.Image, target: tuple[int, int] | None) -> Image.Image:
+    """`image` in RGB, reduced by the largest integer factor that still covers `target`.
+
+    Alpha is dropped, as convert("RGB") drops it. Pillow reduces RGBA through a premultiplied copy of the
+    whole image (64 MB more at the cap, per decode), so the colour bands are reduced one at a time instead
+    (16 MB more): what a transparent area shows is then its stored colour, with or without reduction."""
+    factor = min(image.width // target[0], image.height // target[1]) if target else 1
+    if factor <= 1:
+        return image.convert("RGB")
+    source = image if image.mode in _REDUCIBLE else image.convert("RGBA")
+    if source.mode in ("RGBA", "LA"):
+        colour = source.mode[:-1]
+        reduced = Image.merge(colour, [source.getchannel(band).reduce(factor) for band in colour])
+    else:
+        reduced = source.reduce(factor)
+    return reduced if reduced.mode == "RGB" else reduced.convert("RGB")
 
 
 def load_fitted(path: Path, size: tuple[int, int]) -> Image.Image:
@@ -200,10 +229,9 @@ def _check_pixels(image: Image.Image, shown: str) -> None:
         )
 
 
-def _stored_target(image: Image.Image, cover: tuple[int, int]) -> tuple[int, int]:
+def _stored_target(cover: tuple[int, int], orientation: int) -> tuple[int, int]:
     """`cover` in the stored orientation: an EXIF rotation by 90 degrees swaps width and height."""
     width, height = max(1, cover[0]), max(1, cover[1])
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 

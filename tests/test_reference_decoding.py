@@ -23,6 +23,7 @@ from PIL import Image
 
 from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.media import load_image
 from clipgen.once import OncePerKey
 
 # svd: the scene image is required and the clips are short (1.25 s at 768x768): cheap to render and fake.
@@ -145,3 +146,20 @@ def test_what_a_run_keeps_is_bounded_least_recently_used_first() -> None:
         kept.get(key, functools.partial(make, key))
     # d pushed out b (a was used again after b); b comes back in place of c.
     assert made == ["a", "b", "c", "d", "b"]
+
+
+def test_a_reduced_decode_shows_what_the_whole_one_shows(tmp_path: Path) -> None:
+    """Reduction (one colour band at a time, alpha dropped as a whole decode drops it) changes the size, not
+    the picture: a transparent area keeps its stored colour, and EXIF orientation is applied after."""
+    stored = Image.new("RGBA", (800, 400), (0, 0, 255, 255))
+    stored.paste((255, 0, 0, 0), (0, 0, 400, 400))  # the left half transparent, stored red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the left half on top
+    path = tmp_path / "turned.png"
+    stored.save(path, exif=exif)
+
+    whole = load_image(path)
+    reduced = load_image(path, cover=(100, 100))
+    assert (whole.size, reduced.size) == ((400, 800), (100, 200))
+    assert whole.getpixel((200, 200)) == reduced.getpixel((50, 50)) == (255, 0, 0)
+    assert whole.getpixel((200, 600)) == reduced.getpixel((50, 150)) == (0, 0, 255)

@@ -13,8 +13,9 @@ from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 
 PREVIEW_FPS = 24
 KEPT_IMAGE_BYTES = 64 * 1024 * 1024
-"""Decoded images a provider keeps for its run's later clips: ten 1080p scenes. A job of more distinct
-images decodes again those its clips come back to after ten others; it cannot make a worker keep them all."""
+"""Decoded images a provider keeps for its run's later clips: seven 1080p scenes. A job of more distinct
+images decodes again those its clips come back to after seven others; it cannot make a worker keep them
+all."""
 
 
 class LocalProvider:
@@ -71,4 +72,4 @@ class LocalProvider:
 
 
 def _decoded_bytes(image: Image.Image) -> int:
-    return image.width * image.height * len(image.getbands())
+    return image.width * image.height * 4  # Pillow keeps an RGB pixel in 4 bytes
