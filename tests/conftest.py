@@ -61,6 +61,9 @@ def supabase_stack(supabase_db: SupabaseDb) -> Iterator[SupabaseStack]:
         StorageServer(app, supabase_db.postgres, jwt_secret=supabase_db.jwt_secret) as server,
         SupabaseGateway(supabase_db.postgrest.url, server.url) as gateway,
     ):
+        # Storage's migrations (DB_INSTALL_ROLES) also grant `postgres` to authenticator; on Supabase it is a
+        # member of the three API roles only (supabase_roles.sql), so a JWT cannot make PostgREST the owner.
+        supabase_db.postgres.psql("revoke postgres from authenticator")
         storage = StorageAdmin(supabase_db.postgres, server, gateway.storage)
         yield SupabaseStack(gateway.base_url, supabase_db.service_key, supabase_db.anon_key, storage)
 
