@@ -1,6 +1,6 @@
 """The one-URL gateway in front of the real PostgREST and Storage: its fault controls and request record,
 which other tests rely on, and that it passes requests and answers through intact (the PostgREST half
-against an echo server here, to see exactly what arrives)."""
+against an echo server here, to see exactly what arrives). And what Storage's cached build is keyed by."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from supabase import Client, ClientOptions, create_client
 from tests.conftest import SupabaseStack
 from tests.stack.gateway import ServerThread, SupabaseGateway, classify
 from tests.stack.postgrest import jwt_key
+from tests.stack.storage_server import MULTIPART_FIX, source_hash
 
 SECRET = "test-jwt-secret-with-at-least-32-characters!"
 BUCKET = "proxy-tests"
@@ -195,3 +197,19 @@ def test_a_client_without_its_own_http_client_trips_a_deprecation_warning() -> N
     storage.session.close()
     messages = sorted(str(warning.message).split("'")[1] for warning in caught)
     assert messages == ["timeout", "verify"]
+
+
+def test_the_storage_build_is_keyed_by_every_file_of_its_source(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    (source / "src").mkdir(parents=True)
+    (source / "package.json").write_text("{}")
+    (source / "src" / "server.ts").write_text("one")
+    first = source_hash(source)
+    (source / "node_modules").mkdir()
+    (source / "node_modules" / "dep.js").write_text("installed")
+    assert source_hash(source) == first  # a checkout's own node_modules is not the source
+    (source / "src" / "server.ts").write_text("two")
+    second = source_hash(source)
+    assert second != first
+    (tmp_path / MULTIPART_FIX).write_text("a fix applied after npm ci")
+    assert source_hash(source) not in (first, second)

@@ -74,7 +74,9 @@ def check_prerequisites(source: Path) -> None:
 def source_hash(source: Path) -> str:
     """Every file's path and bytes (and the multipart fix beside the source): any change means a new build."""
     digest = hashlib.sha256()
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "node_modules" not in p.parts)
+    files = sorted(
+        p for p in source.rglob("*") if p.is_file() and "node_modules" not in p.relative_to(source).parts
+    )
     fix = source.parent / MULTIPART_FIX
     for path in [*files, *([fix] if fix.is_file() else [])]:
         digest.update(str(path.relative_to(source.parent)).encode() + b"\0")
