@@ -57,9 +57,15 @@ def plan_fingerprint(plan: ClipPlan, provider: str) -> str:
     return digest.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=256)
 def _file_digest(path: Path) -> bytes:
-    # Cached per path: reference files are content-addressed (a changed image gets a new path).
+    # Cached by path, size and modification time: cached references are named by content, but a file
+    # reference allowed on the worker is read in place, and a changed file must not reuse the old clips.
+    stat = path.stat()
+    return _digest_of(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest_of(path: Path, size: int, mtime_ns: int) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 

@@ -30,7 +30,10 @@ from clipgen.settings import Settings
 from clipgen.stores.base import VIDEO_BUCKET, PredictionRecord
 from clipgen.stores.local import LocalStore
 from flows.video_generator import generate_video_clips
+from tests.conftest import EXAMPLE_JOB
 from tests.doubles import FlakyUploadStore
+
+IMAGES = EXAMPLE_JOB.parent / "images"
 
 TOKEN = "paid-work-token"
 OPTIONS = GenerationOptions(model="veo-3.1")
@@ -393,3 +396,16 @@ def test_a_run_ends_with_nothing_left_running(fake: FakeReplicateServer) -> None
     settled(fake, tag)
     assert not any(r.status in ("created", "intended") for r in ledger(job))
     assert datetime.now(UTC) > min(r.created_at for r in ledger(job) if r.created_at)
+
+
+def test_a_file_reference_changed_in_place_changes_the_plan(tmp_path: Path) -> None:
+    """A worker that allows file references reads them in place: the same path with other bytes is another
+    plan, even in a long-running worker that fingerprinted it before, so the old clips are not reused."""
+    scene = tmp_path / "scene.png"
+    shutil.copyfile(IMAGES / "ada.png", scene)
+    [plan] = plans(make_job(1)[0])
+    plan = plan.model_copy(update={"scene_image": str(scene)})
+    before = plan_fingerprint(plan, "replicate")
+    assert plan_fingerprint(plan, "replicate") == before
+    shutil.copyfile(IMAGES / "ben.png", scene)
+    assert plan_fingerprint(plan, "replicate") != before
