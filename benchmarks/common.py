@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID, uuid4
 
 from clipgen import events
-from clipgen.fake_replicate.faults import Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.stores.base import ClipStore
+from staging.fake_replicate.faults import Fault
 
 if TYPE_CHECKING:  # the memory benchmark's child imports this module and must not count the fake's server
-    from clipgen.fake_replicate.server import FakeReplicateServer
+    from staging.fake_replicate.server import FakeReplicateServer
 
 TOKEN = "benchmark-token"
 # kling-v2.5-turbo makes 1920x1080 at 16:9 from text, in 5 or 10 s: the "10 s 1080p clip" of the issue.
@@ -86,7 +86,7 @@ def latency_faults(tag: str, latencies_s: Sequence[float]) -> list[Fault]:
 
 
 def start_fake(latency_s: float = 0.0) -> FakeReplicateServer:
-    from clipgen.fake_replicate.server import FakeReplicateServer
+    from staging.fake_replicate.server import FakeReplicateServer
 
     return FakeReplicateServer(token=TOKEN, latency_s=latency_s)
 

@@ -32,10 +32,10 @@ from benchmarks.common import (
 )
 from benchmarks.report import Figure, figure
 from clipgen.catalog import MODELS, ModelSpec
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips
 from clipgen.planning import JobPlan, plan_job
 from clipgen.references import resolve_reference
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 
 EXAMPLE_TARGETS_S = (4.5, 5.0, 5.5, 3.0, 4.0, 6.0)  # examples/job.json, in its order
 

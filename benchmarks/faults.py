@@ -55,12 +55,12 @@ from uuid import UUID, uuid4
 
 from benchmarks.common import clip_marker, environment
 from clipgen.backends import register_store
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.prediction_states import billed
 from clipgen.settings import Settings
 from clipgen.stores.base import INTENT_PREFIX, VIDEO_BUCKET, StoredObject
 from clipgen.stores.local import LocalStore
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 
 TOKEN = "fault-matrix-token"
 MODEL = "veo-3.1"

@@ -26,7 +26,7 @@ from benchmarks.common import ENVIRONMENT, check_delivered, make_job, new_tag, o
 from benchmarks.report import REPO, Figure, figure
 
 if TYPE_CHECKING:  # the child runs no fake: importing its server would count in the child's peak
-    from clipgen.fake_replicate.server import FakeReplicateServer
+    from staging.fake_replicate.server import FakeReplicateServer
 
 CHILD_TIMEOUT_S = 600.0
 

@@ -35,12 +35,12 @@ from benchmarks.common import (
 )
 from benchmarks.report import Figure, figure
 from clipgen.backends import register_provider
-from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.media import make_thumbnail, probe
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, PaidWork, RemoteStatus
 from clipgen.stores.base import VIDEO_BUCKET, ClipRecord, PredictionRecord
 from clipgen.stores.local import LocalStore
+from staging.fake_replicate.server import FakeReplicateServer
 
 INSTANT = "benchmark-instant"
 

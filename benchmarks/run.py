@@ -58,7 +58,7 @@ from benchmarks.report import (
 from benchmarks.scene import Scene, upload_scene
 from benchmarks.schedule import Workload
 from clipgen.catalog import MODELS
-from clipgen.fake_replicate.server import FakeReplicateServer
+from staging.fake_replicate.server import FakeReplicateServer
 
 SECTIONS = ("startup", "spread", "equal", "overhead", "thumbnail", "memory", "sse", "cost")
 DEFAULT_JSON = Path("out/benchmarks.json")

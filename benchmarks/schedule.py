@@ -35,8 +35,8 @@ from benchmarks.common import (
 )
 from benchmarks.report import Figure, figure
 from benchmarks.scene import Scene
-from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.stores.local import LocalStore
+from staging.fake_replicate.server import FakeReplicateServer
 
 
 @dataclass(frozen=True)

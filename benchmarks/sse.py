@@ -1,7 +1,7 @@
 """SSE delivery: from an event written to the store to a subscriber receiving it.
 
 The real `serve` app (`clipgen.server.create_app`, its default poll interval) on a real socket
-(`clipgen.serving.ServerThread`), over a local store in its own directory; the subscriber is httpx-sse, as
+(`staging.serving.ServerThread`), over a local store in its own directory; the subscriber is httpx-sse, as
 an app's client would be. Events are appended through a second store object, as the flow (another thread or
 process) does, at seeded random gaps so they land at every phase of the server's polling.
 """
@@ -21,9 +21,9 @@ from benchmarks.common import median, percentile
 from benchmarks.report import Figure, figure
 from clipgen import events
 from clipgen.server import create_app
-from clipgen.serving import ServerThread
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
+from staging.serving import ServerThread
 
 CONNECT_TIMEOUT_S = 30.0
 GAP_S = (0.05, 0.4)  # between appended events: spans more than one poll interval (0.25 s)

@@ -383,7 +383,7 @@ def _is_loopback_host(host: str) -> bool:
 
 
 def _fake_replicate(args: argparse.Namespace) -> int:
-    from clipgen.fake_replicate.server import serve
+    from staging.fake_replicate.server import serve
 
     print(
         f"fake Replicate API on http://{args.host}:{args.port} (REPLICATE_BASE_URL=http://{args.host}:{args.port})"

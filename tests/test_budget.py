@@ -11,11 +11,11 @@ from uuid import uuid4
 
 import pytest
 
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
 from flows.video_generator import generate_video_clips
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 
 TOKEN = "budget-token"
 CLIP_PRICE = 0.80  # veo-3.1, 4 s, audio off

@@ -9,8 +9,8 @@ from uuid import uuid4
 
 from prefect.states import Cancelling
 
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.stores.local import LocalStore
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 from tests.prefect_stack import ON_DEMAND, PrefectStack
 
 pytest_plugins = ["tests.prefect_stack"]

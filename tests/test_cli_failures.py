@@ -19,7 +19,7 @@ from clipgen.failures import (
     EXIT_PREFECT_UNAVAILABLE,
     EXIT_STORE_UNAVAILABLE,
 )
-from clipgen.fake_replicate.server import FakeReplicateServer
+from staging.fake_replicate.server import FakeReplicateServer
 from tests.cli_process import (
     UNKNOWN_REVISION,
     alembic_revision,

@@ -33,10 +33,10 @@ from replicate.prediction import Prediction
 
 from clipgen.catalog import MODELS
 from clipgen.errors import MediaError
-from clipgen.fake_replicate import FakeReplicateServer, Fault
-from clipgen.fake_replicate.outputs import OutputPlan, RenderCache, plan_output
-from clipgen.fake_replicate.schemas import ModelSchema, all_schemas, by_model, fake_version
 from clipgen.media import VideoInfo, probe
+from staging.fake_replicate import FakeReplicateServer, Fault
+from staging.fake_replicate.outputs import OutputPlan, RenderCache, plan_output
+from staging.fake_replicate.schemas import ModelSchema, all_schemas, by_model, fake_version
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "test-token"
@@ -803,7 +803,7 @@ def free_port() -> int:
 
 def test_the_fake_runs_in_its_own_process(http: httpx.Client) -> None:
     port = free_port()
-    code = "from clipgen.fake_replicate.server import serve; "
+    code = "from staging.fake_replicate.server import serve; "
     code += f"serve('127.0.0.1', {port}, token=None, latency_s=0.1)"
     env = os.environ | {"PYTHONPATH": str(REPO)}
     with subprocess.Popen(

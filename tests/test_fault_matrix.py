@@ -26,7 +26,7 @@ from benchmarks.faults import (
     run_scenario,
     start_fake,
 )
-from clipgen.fake_replicate.server import FakeReplicateServer
+from staging.fake_replicate.server import FakeReplicateServer
 
 
 @pytest.fixture(scope="module")

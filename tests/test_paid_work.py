@@ -17,7 +17,6 @@ import pytest
 import replicate
 
 from clipgen.backends import register_store
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.model_inputs import build_request
 from clipgen.paid_work import JobWork, plan_fingerprint
@@ -30,6 +29,7 @@ from clipgen.settings import Settings
 from clipgen.stores.base import VIDEO_BUCKET, PredictionRecord
 from clipgen.stores.local import LocalStore
 from flows.video_generator import generate_video_clips
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 from tests.conftest import EXAMPLE_JOB
 from tests.doubles import FlakyUploadStore
 

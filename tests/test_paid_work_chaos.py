@@ -42,7 +42,6 @@ import pytest
 from benchmarks.common import clip_marker
 from clipgen import events
 from clipgen.backends import close_quietly, open_store, register_store
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.planning import plan_job
 from clipgen.prediction_states import NOT_BILLED
@@ -52,6 +51,7 @@ from clipgen.stores.base import VIDEO_BUCKET, ClipStore, PredictionRecord, Store
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
 from flows.video_generator import generate_video_clips
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 
 TOKEN = "paid-work-chaos-token"
 MODEL = "veo-3.1"

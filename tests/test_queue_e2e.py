@@ -18,11 +18,11 @@ import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from clipgen.cli import main
-from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
+from staging.fake_replicate.server import FakeReplicateServer
 from tests.conftest import SupabaseStack
 from tests.photos import make_photo
 from tests.prefect_stack import ON_DEMAND, PrefectStack

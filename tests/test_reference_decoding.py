@@ -21,10 +21,10 @@ from uuid import uuid4
 import pytest
 from PIL import Image
 
-from clipgen.fake_replicate.server import FakeReplicateServer
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import load_image
 from clipgen.once import OncePerKey
+from staging.fake_replicate.server import FakeReplicateServer
 
 # svd: the scene image is required and the clips are short (1.25 s at 768x768): cheap to render and fake.
 OPTIONS = GenerationOptions(model="svd", aspect_ratio="1:1")

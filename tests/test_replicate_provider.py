@@ -34,7 +34,6 @@ from clipgen.errors import (
     TransientError,
     ValidationError,
 )
-from clipgen.fake_replicate.server import FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect, probe
 from clipgen.model_inputs import ModelRequest, build_request
@@ -45,6 +44,7 @@ from clipgen.providers.base import Generation
 from clipgen.providers.replicate import CLOCK_SKEW, CREATE_WINDOW, ReplicateProvider
 from clipgen.stores.base import PredictionRecord
 from clipgen.stores.local import LocalStore
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 from tests.conftest import EXAMPLE_JOB
 
 IMAGES = EXAMPLE_JOB.parent / "images"

@@ -23,7 +23,6 @@ import pytest
 from replicate.client import Client
 
 from clipgen.errors import PermanentError, TransientError
-from clipgen.fake_replicate.server import CreateRequest, FakeReplicateServer, Fault
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.paid_work import JobWork
 from clipgen.planning import ClipPlan, plan_job
@@ -31,6 +30,7 @@ from clipgen.providers.base import Generation
 from clipgen.providers.replicate import ReplicateProvider
 from clipgen.stores.local import LocalStore
 from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
+from staging.fake_replicate.server import CreateRequest, FakeReplicateServer, Fault
 
 
 class Clock:

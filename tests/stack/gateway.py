@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from clipgen.serving import DropConnection, ServerThread
+from staging.serving import DropConnection, ServerThread
 
 __all__ = ["Operation", "RequestRecord", "ServerThread", "StorageFaults", "SupabaseGateway"]
 

@@ -14,6 +14,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pydantic
+
+# File uploads (`request.form()`) need python-multipart, which comes with the `staging` extra only. Imported
+# here so a missing one fails when the fake is imported (the CLI then says to install the extra), not as an
+# assertion inside starlette at the first upload.
+import python_multipart  # noqa: F401
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -21,9 +26,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from clipgen.fake_replicate.faults import Fault
-from clipgen.fake_replicate.files import FileTooLarge
-from clipgen.fake_replicate.schemas import (
+from staging.fake_replicate.faults import Fault
+from staging.fake_replicate.files import FileTooLarge
+from staging.fake_replicate.schemas import (
     InvalidField,
     ModelSchema,
     by_model,
@@ -31,8 +36,8 @@ from clipgen.fake_replicate.schemas import (
     problem_detail,
     unknown_field,
 )
-from clipgen.fake_replicate.state import FakeState
-from clipgen.serving import DropConnection
+from staging.fake_replicate.state import FakeState
+from staging.serving import DropConnection
 
 PROBLEM = "application/problem+json"
 NOT_FOUND = "The requested resource could not be found."

@@ -8,11 +8,11 @@ from typing import Any
 
 import uvicorn
 
-from clipgen.fake_replicate.app import create_app
-from clipgen.fake_replicate.faults import Fault
-from clipgen.fake_replicate.outputs import RenderCache
-from clipgen.fake_replicate.state import CreateRequest, FakeState
-from clipgen.serving import ResettableH11Protocol, ServerThread
+from staging.fake_replicate.app import create_app
+from staging.fake_replicate.faults import Fault
+from staging.fake_replicate.outputs import RenderCache
+from staging.fake_replicate.state import CreateRequest, FakeState
+from staging.serving import ResettableH11Protocol, ServerThread
 
 __all__ = ["CreateRequest", "FakeReplicateServer", "Fault", "serve"]
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from PIL import Image
 
-from clipgen.fake_replicate.faults import Fault, FaultBook
-from clipgen.fake_replicate.files import FileStore, InputImageError, iso, new_id
-from clipgen.fake_replicate.outputs import (
+from staging.fake_replicate.faults import Fault, FaultBook
+from staging.fake_replicate.files import FileStore, InputImageError, iso, new_id
+from staging.fake_replicate.outputs import (
     SCENE_FIELDS,
     PlanError,
     RenderCache,
@@ -28,7 +28,7 @@ from clipgen.fake_replicate.outputs import (
     shared_cache,
     write_corrupt,
 )
-from clipgen.fake_replicate.schemas import ModelSchema, rule_violation
+from staging.fake_replicate.schemas import ModelSchema, rule_violation
 
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})

@@ -5,7 +5,7 @@ succeeded, renders outputs with the size, frame rate and length the real model w
 scripted faults. See `server.FakeReplicateServer` (tests) and `server.serve` (the CLI).
 """
 
-from clipgen.fake_replicate.faults import Fault
-from clipgen.fake_replicate.server import FakeReplicateServer, serve
+from staging.fake_replicate.faults import Fault
+from staging.fake_replicate.server import FakeReplicateServer, serve
 
 __all__ = ["FakeReplicateServer", "Fault", "serve"]
