@@ -1,0 +1,72 @@
+"""The README stays short, and the links of the README and docs/ lead somewhere: every relative Markdown link
+names a file in the repository, and a link to a heading (`page.md#heading`) names a heading that page has."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clipgen.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# [text](target) outside code: the target up to the first space or ')'; images (![..](..)) too.
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+
+
+def _prose(page: Path) -> str:
+    """The page without code blocks and code spans, where brackets are code, not links."""
+    return CODE_SPAN.sub("", FENCE.sub("", page.read_text(encoding="utf-8")))
+
+
+def _relative_links(page: Path) -> list[str]:
+    return [t for t in LINK.findall(_prose(page)) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's id for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    headings = re.findall(r"^#{1,6} (.+)$", FENCE.sub("", page.read_text(encoding="utf-8")), re.MULTILINE)
+    return {_anchor(h) for h in headings}
+
+
+def test_the_docs_exist() -> None:
+    names = {page.name for page in PAGES}
+    assert {"README.md", "running-jobs.md", "architecture.md", "configuration.md"} <= names
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(page: Path) -> None:
+    broken = []
+    for target in _relative_links(page):
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+            broken.append(f"{target}: no heading #{anchor} in {file.relative_to(REPO)}")
+    assert not broken, f"{page.relative_to(REPO)}: {broken}"
+
+
+def test_the_readme_is_short_and_links_to_every_page() -> None:
+    readme = REPO / "README.md"
+    assert len(readme.read_text(encoding="utf-8").splitlines()) <= 160
+    linked = {target.partition("#")[0] for target in _relative_links(readme)}
+    for page in PAGES[1:]:
+        assert f"docs/{page.name}" in linked, f"README.md does not link docs/{page.name}"
+
+
+def test_the_settings_table_lists_every_setting() -> None:
+    table = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    names = [str(field.validation_alias) for field in Settings.model_fields.values()]
+    assert names, "Settings has no fields"
+    missing = [name for name in names if f"| `{name}` |" not in table]
+    assert not missing, f"docs/configuration.md does not list {missing}"
