@@ -27,7 +27,7 @@ Sections (`--only`): startup, spread, equal, overhead, thumbnail, memory, sse, c
 `--quick` is a smoke run (fewer, shorter clips; tests/test_benchmarks.py): its numbers are not the
 published ones. Exit code: 0 when every section ran (missed targets are marked in the table), 1 with
 `--strict` when a target was missed, 2 for bad arguments; an error in a section is raised (exit 1 with a
-traceback). BENCHMARKS.md has the latest table, how to reproduce it and what limits each figure.
+traceback). docs/benchmarks.md has the latest table, how to reproduce it and what limits each figure.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Progress event names and payloads (DESIGN.md). Stored in job_events, streamed over SSE later.
+"""Progress event names and payloads (listed in docs/watching.md). Stored in job_events, streamed over SSE.
 
 `completed` counts clips that succeeded so far and `failed` those that failed; `completed + failed` of
 `total` have finished.

@@ -1,6 +1,6 @@
 """What the `video-generator` command says when it cannot do its work, and the exit code it returns.
 
-The exit codes (cli.py's docstring and the README list them too):
+The exit codes (cli.py's docstring and docs/running-jobs.md list them too):
 
     0  the flow completed (or the job was queued, or the setup was done)
     1  the job ran and failed (too few clips)

@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
         close_quietly(stores.pop())
 
     # No interactive docs or schema: they would be the only unauthenticated routes besides signed media, and
-    # Swagger's CDN script does not fit the CSP. The README lists the routes.
+    # Swagger's CDN script does not fit the CSP. docs/watching.md lists the routes.
     app = FastAPI(title="video-generator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(SecurityHeaders)
 

@@ -13,7 +13,7 @@ from clipgen.job import GenerationOptions
 
 
 class Settings(BaseSettings):
-    """Every setting is read from its exact environment variable name (DESIGN.md), listed in the README."""
+    """Every setting is read from its exact environment variable name, listed in docs/configuration.md."""
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 

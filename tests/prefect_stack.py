@@ -6,10 +6,10 @@
         run = prefect_stack.run_deployment(ON_DEMAND, {"job": ...})
         assert run.state is not None and run.state.is_completed()
 
-What it starts, as an operator would (README), all from this virtualenv's own `prefect`:
+What it starts, as an operator would (docs/deployments.md), all from this virtualenv's own `prefect`:
 
 1. `prefect server start` on a free port, in a PREFECT_HOME of its own (never ~/.prefect), on PostgreSQL (a
-   throwaway cluster from tests/stack/postgres.py, the configuration the README recommends for scale-out) or
+   throwaway cluster from tests/stack/postgres.py, what docs/deployments.md recommends for scale-out) or
    on SQLite in that home when E2E_PREFECT_DATABASE=sqlite, or when PostgreSQL is not installed and CI is not
    set. The scheduler loop runs every 2 s, so scheduled deployments get their runs at once.
 2. `video-generator setup-prefect` (the work pool and the global prediction limit: `setup_server` is the one
@@ -589,13 +589,13 @@ def _start_server(root: Path, home: Path, database_url: str) -> tuple[StackProce
 
 
 def setup_server(stack: PrefectStack) -> None:
-    """THE place the server is prepared for the deployments, as the README tells an operator to: the process
+    """THE place the server is prepared for the deployments, as docs/deployments.md says: the process
     work pool `video-generator` and the global prediction limit (clipgen/cli.py, deployments/setup.py)."""
     stack.run_cli("video-generator", "setup-prefect")
 
 
 def deploy(stack: PrefectStack) -> None:
-    """Every deployment in prefect.yaml, as the README says; --no-prompt, so nothing waits for a terminal."""
+    """Every deployment in prefect.yaml (docs/deployments.md); --no-prompt: nothing waits for a terminal."""
     stack.run_cli("prefect", "--no-prompt", "deploy", "--all")
 
 
@@ -634,7 +634,7 @@ def start_prefect_stack(root: Path, *, database: str | None = None) -> Iterator[
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
             "COLUMNS": "200",  # rich wraps CLI output at the terminal width; keep messages on one line
-            # No VIDEO_GENERATOR_HOME: `prefect deploy` stores this checkout's path, as the README says.
+            # No VIDEO_GENERATOR_HOME: `prefect deploy` stores this checkout's path (docs/deployments.md).
             "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
             "VIDEO_GENERATOR_RETRY_BACKOFF_SECONDS": "0.05",
         }

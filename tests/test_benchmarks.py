@@ -1,6 +1,6 @@
 """The benchmarks (issue 8) run end to end: `benchmarks/run.py --quick` publishes every figure, in the table
 and in the JSON, with values that make sense. No speed targets here: timed assertions would fail on a busy
-machine for reasons that are not bugs; the targets are the benchmark's to report (BENCHMARKS.md).
+machine for reasons that are not bugs; the targets are the benchmark's to report (docs/benchmarks.md).
 """
 
 from __future__ import annotations

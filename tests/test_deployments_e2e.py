@@ -76,7 +76,7 @@ def test_the_on_demand_deployment_enforces_a_typed_parameter_schema(prefect_stac
     assert schema["properties"]["job"]["$ref"] == "#/definitions/ClipPrompts"
     options = json.dumps(schema["properties"]["options"])
     assert "#/definitions/GenerationOptions" in options
-    # Deployed as the README says, with no extra environment: runs start in the checkout deployed from.
+    # Deployed as docs/deployments.md says, no extra environment: runs start in the checkout deployed from.
     assert deployment.pull_steps == [
         {"deployments.checkout.enter_checkout": {"deployed_from": str(prefect_stack.repo)}}
     ]

@@ -262,7 +262,7 @@ def test_item8_links_survive_a_restart_and_work_on_every_replica(tmp_path: Path,
     assert [p.name for p in data_dir.iterdir() if KEY_FILE in p.name] == [KEY_FILE]  # no temporary left
     with serve_process(tmp_path, data_dir) as restarted:
         assert httpx.get(from_one.replace(one.base_url, restarted.base_url)).status_code == 200
-    key.unlink()  # rotation, as the README says
+    key.unlink()  # rotation, as docs/watching.md says
     with serve_process(tmp_path, data_dir) as rotated:
         assert httpx.get(from_one.replace(one.base_url, rotated.base_url)).status_code == 403
 
