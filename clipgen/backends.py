@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from clipgen.errors import ConfigurationError
 from clipgen.paid_work import JobWork
 from clipgen.providers.base import VideoProvider
 from clipgen.settings import Settings
@@ -90,7 +91,7 @@ def known_stores() -> list[str]:
 
 
 def open_provider(name: str, settings: Settings) -> VideoProvider:
-    """ValueError for an unknown name or missing credentials; nothing is contacted yet."""
+    """ConfigurationError for an unknown name or missing credentials; nothing is contacted yet."""
     factory: ProviderFactory = _factory(_providers, name, "provider")
     return factory(settings)
 
@@ -175,11 +176,20 @@ def close_quietly(resource: object) -> None:
 
 
 def _factory(registry: dict[str, Any], name: str, kind: str) -> Any:
+    """The registered factory, or the one `module:factory` names. ConfigurationError when there is none."""
     if name in registry:
         return registry[name]
     module, sep, attr = name.partition(":")
     if not sep:
-        raise ValueError(
+        raise ConfigurationError(
             f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(registry))} or module:factory"
         )
-    return getattr(importlib.import_module(module), attr)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigurationError(f"{kind} {name!r}: cannot import {module!r} ({exc})") from exc
+    # Only the lookup: an AttributeError raised while importing the module is a bug in it, not a setting.
+    try:
+        return getattr(loaded, attr)
+    except AttributeError:
+        raise ConfigurationError(f"{kind} {name!r}: module {module!r} has no {attr!r}") from None

@@ -1,23 +1,38 @@
-"""Typed errors. Retry policy reads the type, never the message.
+"""Typed errors, the whole tree of them. Retry policy reads the type, never the message.
+
+This module owns the error types: every error this package raises on purpose is defined here.
 
 VideoGeneratorError
 ├── ValidationError            bad job or options; refused before any paid call (CLI exit 2)
+├── ConfigurationError         an unknown provider or store name, a factory that cannot be imported,
+│                              missing credentials (also a ValueError, for callers that catch that)
 ├── MediaError                 a file is not a readable video or image
 ├── OperationalError           a service the command needs failed it, not the job (CLI exit 3-6)
 │   ├── PrefectUnavailable     Prefect's API does not answer, or the temporary server did not start
 │   │   └── PrefectDatabaseTooNew  the temporary server's database was migrated by a newer Prefect
 │   ├── PrefectRefused         Prefect's API refused a request (a 4xx answer)
-│   └── StoreUnavailable       the clip store does not answer, or refuses our credentials
+│   └── StoreUnavailable       the clip store does not answer, or refuses our credentials (before a run)
+├── StoreError                 a request to the clip store failed (during a run); each one is also one of
+│   ├── StoreFailed            (also TransientError) an outage that may pass: 429, 5xx, connection reset
+│   └── StoreRefused           (also PermanentError) a refusal that will not: 4xx
+├── QueueError                 the job queue refused a request
+│   └── JobBusy                enqueue of a job that is running under a live lease
 └── GenerationError            one clip attempt failed
     ├── TransientError         worth another attempt: timeouts, 429, 5xx, connection resets,
     │   │                      a clip shorter than the acceptance rule
     │   ├── ClipTooShort
     │   ├── LostCreateUnresolved  a create's answer was lost and we cannot tell yet what it made
-    │   └── ClipTakenOver      another run holds the clip's lease now
+    │   ├── ClipTakenOver      another run holds the clip's lease now
+    │   ├── OutputGone         a prediction's output was deleted, or it has none to download
+    │   ├── HintTooLong        a 429's reset hint is further off than the create may wait
+    │   └── StoreFailed        (see StoreError)
     └── PermanentError         another attempt would fail the same way: invalid input,
         │                      content rejected, unsupported setting
         ├── ContentRejected
         ├── ClipShapeMismatch
+        ├── NotFound           the provider's API does not know what was asked for (HTTP 404)
+        ├── PublicBucket       a store bucket anyone can read
+        ├── StoreRefused       (see StoreError)
         ├── BudgetExceeded     not final for the plan: a larger budget lets a rerun go on
         └── RunStopped         not final for the plan: this run was told to stop (its job lease was lost)
 """
@@ -56,6 +71,12 @@ class ValidationError(VideoGeneratorError, ValueError):
         return cls([Problem(field, message)])
 
 
+class ConfigurationError(VideoGeneratorError, ValueError):
+    """The settings name something that cannot be opened: an unknown provider or store, a `module:factory`
+    that does not import, missing credentials. Nothing was contacted. (A ValueError too, for callers that
+    still catch that.)"""
+
+
 class MediaError(VideoGeneratorError):
     """A file could not be decoded as the video or image it should be."""
 
@@ -85,6 +106,19 @@ class PrefectRefused(OperationalError):
 
 class StoreUnavailable(OperationalError):
     """The clip store could not be read before the run: unreachable, or it refused our credentials."""
+
+
+class QueueError(VideoGeneratorError):
+    """The job queue refused a request (not a clip attempt, nor an outage of the store behind it)."""
+
+
+class JobBusy(QueueError):
+    """enqueue of a job that is running under a live lease."""
+
+
+class StoreError(VideoGeneratorError):
+    """A request to the clip store failed during a run. Each one is also a TransientError or a
+    PermanentError, so the clip task's retry rule (`is_retryable`) reads it like any other."""
 
 
 class GenerationError(VideoGeneratorError):
@@ -156,3 +190,28 @@ class ContentRejected(PermanentError):
 
 class ClipShapeMismatch(PermanentError):
     """The clip's frame shape is not the aspect ratio that was asked for."""
+
+
+class NotFound(PermanentError):
+    """The provider's API does not know what was asked for (HTTP 404): a prediction id it never made, or a
+    model."""
+
+
+class OutputGone(TransientError):
+    """The prediction's output was deleted (Replicate keeps API outputs for about an hour), or it has none."""
+
+
+class HintTooLong(TransientError):
+    """Waiting for a 429's reset hint would take a create past its budget; `wait_s` is what is left of it."""
+
+    def __init__(self, wait_s: float) -> None:
+        super().__init__(f"creates may not be sent for another {wait_s:.1f} s", retry_after=wait_s)
+        self.wait_s = wait_s
+
+
+class StoreFailed(StoreError, TransientError):
+    """The store did not serve a request, in a way that may pass (429, 5xx, a connection reset)."""
+
+
+class StoreRefused(StoreError, PermanentError):
+    """The store refused a request, and will refuse it again (a 4xx other than 429)."""

@@ -7,11 +7,8 @@ import colorsys
 import hashlib
 import io
 import math
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from itertools import repeat
@@ -25,6 +22,7 @@ from av.video.reformatter import ColorRange
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clipgen.errors import MediaError
+from clipgen.files import atomic_write
 
 KEN_BURNS_ZOOM = 1.12  # final zoom of the scene image over the whole clip
 KEN_BURNS_PAN = 0.6  # share of the free margin the crop centre drifts across, left to right
@@ -157,7 +155,7 @@ def make_thumbnail(video: Path, dest: Path, size: tuple[int, int] = (320, 180)) 
     encoder.qmin = encoder.qmax = 2
     yuv = _from_image(canvas).reformat(format="yuv420p", dst_color_range=ColorRange.JPEG)
     data = b"".join(bytes(packet) for packet in [*encoder.encode(yuv), *encoder.encode(None)])
-    with _atomic_path(dest, ".part.jpg") as tmp:
+    with atomic_write(dest, ".part.jpg") as tmp:
         tmp.write_bytes(data)
     return dest
 
@@ -303,7 +301,7 @@ def render_preview(
         sprite = Image.new("RGBA", (max(4, width // 6), bar_height), (255, 255, 255, 210))
         travel = max(count - 1, 1) / fps
         x, y = f"(main_w-overlay_w)*min(t/{travel:.6f},1)", str(height - bar_height)
-    with _atomic_path(dest, ".part.mp4") as tmp:
+    with atomic_write(dest, ".part.mp4") as tmp:
         _encode(tmp, frames, size, fps, sprite, x, y)
     return dest
 
@@ -443,20 +441,6 @@ def _even_shape(ratio: float, max_width: int, max_height: int) -> tuple[int, int
     if width > max_width:
         width = max(2, 2 * math.floor(max_width / 2))
     return width, height
-
-
-@contextmanager
-def _atomic_path(dest: Path, suffix: str) -> Iterator[Path]:
-    """A temp path next to `dest` that replaces it only on success, so readers never see a partial file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # PyAV's stubs leave these two untyped.

@@ -14,6 +14,9 @@ is sent until it ends, and its status only moves forward through one state machi
   it works. A second run of the job waits for it and then reuses what the first stored.
 - A run cancels only predictions that it made, or that earlier runs left, and that no live lease of
   another run holds.
+
+Retries here (clipgen.retrying; budgets in tasks/__init__.py): a cancel, and a ledger write the store has not
+already retried (the local store's SQLite), a few tries in place.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import functools
 import hashlib
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,10 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID, uuid4
 
-from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, TransientError
+from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, StoreError, TransientError
 from clipgen.planning import ClipPlan
 from clipgen.prediction_states import ADOPTABLE, NOT_BILLED, billed, committed, ended_status, moved
 from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
+from clipgen.retrying import retried
 from clipgen.stores.base import INTENT_PREFIX, ClipRecord, ClipStore, PredictionRecord, PredictionStatus
 
 log = logging.getLogger(__name__)
@@ -176,16 +179,14 @@ class JobWork:
         return updated
 
     def cancel_remote(self, prediction_id: str) -> RemoteStatus | None:
-        """Cancel on the provider, a few tries; how it ended there (None: unknown)."""
-        for attempt in range(1, CANCEL_ATTEMPTS + 1):
-            try:
-                return self.provider.cancel(prediction_id)
-            except Exception:
-                if attempt == CANCEL_ATTEMPTS:
-                    raise
-                log.warning("cancel of %s failed (attempt %d)", prediction_id, attempt, exc_info=True)
-                time.sleep(0.5 * attempt)
-        raise AssertionError("unreachable")
+        """Cancel on the provider, a few tries in place (a cancel repeated is harmless); how it ended there
+        (None: unknown)."""
+        return retried(
+            f"cancel of {prediction_id}",
+            lambda: self.provider.cancel(prediction_id),
+            retry_on=lambda exc: True,
+            tries=CANCEL_ATTEMPTS,
+        )
 
 
 def _before(moment: datetime | None, reference: datetime | None) -> bool:
@@ -462,13 +463,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _with_retries(what: str, write: Callable[[], object]) -> None:
-    """A ledger write, tried again a few times: losing it could mean paying twice."""
-    for attempt in range(1, LEDGER_WRITE_ATTEMPTS + 1):
-        try:
-            write()
-            return
-        except Exception:
-            if attempt == LEDGER_WRITE_ATTEMPTS:
-                raise
-            log.warning("%s failed (attempt %d of %d)", what, attempt, LEDGER_WRITE_ATTEMPTS, exc_info=True)
-            time.sleep(0.2 * 2 ** (attempt - 1))
+    """A ledger write, tried again a few times: losing it could mean paying twice. A StoreError is not: the
+    store has already spent its own tries on it (stores/supabase.py)."""
+    retried(
+        what,
+        write,
+        retry_on=lambda exc: not isinstance(exc, StoreError),
+        tries=LEDGER_WRITE_ATTEMPTS,
+        first_delay_s=0.2,
+    )

@@ -5,6 +5,10 @@ Money is clipgen.paid_work's: every paid request, adoption, settlement and cance
 the job's work directory, with a sidecar naming the plan it was made for, until it is stored, so a retry
 after a failed upload stores it without generating again (and on another machine, the ledger's succeeded
 prediction is downloaded again).
+
+It retries nothing itself: it types what failed (an output that does not decode: TransientError; a store
+that did not take the clip: StoreFailed) and the clip task decides (tasks/__init__.py). Files are written
+through clipgen.files.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from clipgen.errors import (
     GenerationError,
     MediaError,
     PermanentError,
+    StoreFailed,
     TransientError,
     is_final_for_plan,
     is_retryable,
 )
+from clipgen.files import write_text
 from clipgen.job import Clip, Clips
 from clipgen.media import VideoInfo, make_thumbnail, probe
 from clipgen.paid_work import ClipWork
@@ -158,7 +164,7 @@ def _generate_or_reuse(
     with slot():
         generation = provider.generate(plan, files.video, work)
     generation.metadata["plan_fingerprint"] = work.fingerprint
-    _write_atomically(files.sidecar, generation.model_dump_json())
+    write_text(files.sidecar, generation.model_dump_json())
     return generation
 
 
@@ -187,7 +193,7 @@ def _store_video(store: ClipStore, plan: ClipPlan, files: ClipFiles) -> StoredOb
         )
     except OSError as exc:
         # Free to retry: the paid file stays in the work directory, and its prediction stays adoptable.
-        raise TransientError(f"storing clip {plan.clip_index} failed: {exc}") from exc
+        raise StoreFailed(f"storing clip {plan.clip_index} failed: {exc}") from exc
 
 
 def _deliver(
@@ -355,12 +361,6 @@ def tidy_work_dir(work_dir: Path, result: Clips) -> None:
             files.thumbnail.unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty, or gone: another run of the job is using it
         work_dir.rmdir()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _reused_clip(plan: ClipPlan, store: ClipStore, work: ClipWork, record: ClipRecord) -> Clip | None:

@@ -38,10 +38,8 @@ import functools
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +49,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from clipgen.errors import MediaError, ValidationError
+from clipgen.files import atomic_write
 from clipgen.media import ImageTooLarge, load_image
 from clipgen.reference_cache import CacheBound, evict, touch
 from clipgen.reference_objects import STORE_SCHEME, parse_store_reference, read_reference_object
@@ -432,21 +431,13 @@ def _store_verified(cache_dir: Path, data: bytes, field: str, shown: str) -> Pat
 
 
 def _write_atomically(path: Path, data: bytes, check: Callable[[Path], None] | None = None) -> None:
-    """Write `data` to a temporary file, `check` it, then rename it to `path`: a reader (another worker, a
-    crash) sees the whole file or none. A content file renamed over an existing one has the same bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ref-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())  # a crash must not leave a short file under a content name
+    """Write `data`, `check` the written file, then put it in place (clipgen.files): a reader (another
+    worker, a crash) sees the whole file or none. A content file renamed over an existing one has the same
+    bytes."""
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
         if check is not None:
-            check(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            check(tmp)
 
 
 # --- the fetch --------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """An adaptive limit on one provider's concurrent paid predictions, shared by the clip threads of its run.
 
+This module owns the waits after a 429 (how long creates pause, how many predictions run at once); it
+retries nothing itself: the provider's create loop asks it when it may send again.
+
 AIMD, the way TCP sizes its window:
 
 - Unthrottled, every clip gets in (up to `ceiling`, when one is given).
@@ -33,15 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from clipgen.errors import HintTooLong as HintTooLong  # raised by `Slot.ready`; imported from here too
+
 log = logging.getLogger(__name__)
-
-
-class HintTooLong(Exception):
-    """Waiting for the reset hint would take a create past its budget; `wait_s` is what is left of it."""
-
-    def __init__(self, wait_s: float) -> None:
-        super().__init__(f"creates may not be sent for another {wait_s:.1f} s")
-        self.wait_s = wait_s
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from clipgen.run_parameters import (
 )
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
-from tasks.clips import generate_clip, generate_thumbnail, retry_delays
+from tasks.clips import clip_task, generate_thumbnail
 
 THUMBNAIL_WORKERS = 2
 DEFAULT_OPTIONS = GenerationOptions()
@@ -161,7 +161,6 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
     artifact = cast(
         UUID, create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
     )
-    clip_task = generate_clip.with_options(retry_delay_seconds=retry_delays(settings.retry_backoff_seconds))
     tally = events.Tally(total=len(plan.clips))
     clips: list[Clip] = []
     thumbnails: list[PrefectFuture[str]] = []
@@ -173,7 +172,7 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
         ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner,
         ThreadPoolTaskRunner[Any](max_workers=THUMBNAIL_WORKERS) as thumbnail_runner,
     ):
-        futures = runner.map(clip_task, {"plan": plan.clips})
+        futures = runner.map(clip_task(settings), {"plan": plan.clips})
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
         for future in as_completed(futures):
             clip_plan = plans[future.task_run_id]

@@ -1,4 +1,8 @@
-"""The clip and thumbnail tasks: a few lines around a clipgen function; the policy is in the decorator."""
+"""The clip and thumbnail tasks: a few lines around a clipgen function; the policy is in the decorator.
+
+This module owns the clip-level retry policy: `generate_clip`'s decorator, with the worker's backoff put in
+by `clip_task` when a run starts. The flow runs `clip_task(settings)` and sets nothing of its own.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +26,12 @@ from clipgen.errors import is_retryable
 from clipgen.job import Clip
 from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbnail
 from clipgen.planning import ClipPlan
+from clipgen.settings import Settings
 
 CLIP_RETRIES = 2  # 3 attempts
 RETRY_JITTER = 0.5
+# The first retry's delay unless the worker sets VIDEO_GENERATOR_RETRY_BACKOFF_SECONDS (see `clip_task`).
+DEFAULT_BACKOFF_S: float = Settings.model_fields["retry_backoff_seconds"].default
 
 
 def retry_delays(backoff_seconds: float) -> list[float]:
@@ -49,7 +56,7 @@ def _context() -> tuple[TaskRunContext, Backends]:
     name="generate-clip",
     task_run_name="clip-{plan.clip_index}",
     retries=CLIP_RETRIES,
-    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_delay_seconds=retry_delays(DEFAULT_BACKOFF_S),
     retry_jitter_factor=RETRY_JITTER,
     retry_condition_fn=is_transient,
     cache_policy=NO_CACHE,  # every attempt must reach the pipeline, which knows what was already paid for
@@ -69,6 +76,13 @@ def generate_clip(plan: ClipPlan) -> Clip:
         started_at=context.task_run.start_time,
         slot=prediction_slot(backends, context.task_run.flow_run_id),
     )
+
+
+def clip_task(settings: Settings) -> Task[[ClipPlan], Clip]:
+    """The clip task as a run uses it: the decorator's policy with the worker's backoff, read when the run
+    starts. Prefect fixes a task's delays when the task is built (a callable `retry_delay_seconds` is called
+    then, not at each retry), so a setting read at run time needs this copy; it is the only one."""
+    return generate_clip.with_options(retry_delay_seconds=retry_delays(settings.retry_backoff_seconds))
 
 
 def prediction_slot(

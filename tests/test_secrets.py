@@ -313,8 +313,8 @@ def test_supabase_storage_faults_leak_no_key(
     monkeypatch.setenv("REPLICATE_API_TOKEN", TOKEN)
     cli_environment(monkeypatch)
     register_provider("scripted-secrets", lambda settings: ScriptedProvider())
-    # The first clip's upload: a storage outage the store retries (503s), then a refusal (403): it fails.
-    supabase_env.storage.fail_next(4, status=503, bucket="video-clips", operation="upload")
+    # The first clip's upload: a storage outage the clip task retries (503), then a refusal (403): it fails.
+    supabase_env.storage.fail_next(1, status=503, bucket="video-clips", operation="upload")
     supabase_env.storage.fail_next(1, status=403, bucket="video-clips", operation="upload")
     job_id, job = text_job(tmp_path, "one", "two", "three", "four")
     output = tmp_path / "clips.json"
@@ -336,7 +336,7 @@ def test_supabase_storage_faults_leak_no_key(
         "clip_thumbnails rows": json.dumps(supabase_rows(supabase_env, "clip_thumbnails", job_id)),
         **prefect_record(job_id, want_logs="clips on veo-3.1"),
     }
-    assert any("Supabase Storage 503" in line for line in all_logs.lines)  # the store's retry warning
+    assert any("Supabase Storage 503" in line for line in all_logs.lines)  # the task's retry, logged
     blobs = files_under(data_dir) | prefect_database_bytes()
     assert_nowhere([supabase_env.service_key, TOKEN], texts, blobs)
 

@@ -110,19 +110,39 @@ def test_a_storage_outage_mid_job_loses_nothing_and_generates_nothing_extra(
 ) -> None:
     provider = ScriptedProvider()
     register_provider("scripted-supabase", lambda settings: provider)
-    # One clip at a time, so the outage deterministically outlasts one upload's three tries in the store:
-    # the clip task then retries, and must store the clip it already has instead of generating it again.
-    supabase_stack.storage.fail_next(5, status=503, bucket="video-clips", operation="upload")
+    # One clip at a time, so the outage deterministically fails the first clip's first two attempts (an
+    # upload is sent once per attempt): the clip task retries, and must store the clip it already has
+    # instead of generating it again.
+    supabase_stack.storage.fail_next(2, status=503, bucket="video-clips", operation="upload")
     result = run_example(tmp_path, "--provider", "scripted-supabase", "--concurrency", "1")
 
     assert result["successful_clips"] == 6
     assert sorted(provider.calls.values()) == [1] * 6  # one generation per clip, none repeated
     assert len(rows(supabase_stack, "clips")) == 6
-    # The outage outlasted the store's own retries, so a clip task retried and stored the clip it had.
+    # The clip task retried and stored the clip it had.
     retries = [
         row["data"] for row in rows(supabase_stack, "job_events") if row["event"] == "video_generation_retry"
     ]
     assert retries and all("Supabase Storage 503" in retry["error"] for retry in retries)
+
+
+def test_an_upload_is_retried_by_the_clip_task_only_not_also_by_the_store(
+    supabase_stack: Any, tmp_path: Path
+) -> None:
+    """A Storage outage meets each clip's upload once per attempt: 3 sends in all, not 3 tries in the store
+    times 3 attempts of the task (9 before, when both retried it)."""
+    register_provider("scripted-supabase", lambda settings: ScriptedProvider())
+    storage = supabase_stack.storage
+    earlier = len(storage.requests)  # the session's other tests upload the same job's clips
+    # One clip at a time: the first clip's uploads meet every fault, then the outage is over.
+    storage.fail_next(9, status=503, bucket="video-clips", operation="upload")
+    result = run_example(tmp_path, "--provider", "scripted-supabase", "--concurrency", "1")
+
+    first = f"{JOB_ID}/clip_0.mp4"
+    uploads = [r for r in storage.requests[earlier:] if r.operation == "upload" and r.path.endswith(first)]
+    assert [r.status for r in uploads] == [503] * 3  # the task's three attempts, one send each
+    [clip] = [clip for clip in result["clips"] if clip["clip_index"] == 0]
+    assert clip["status"] == "failed" and "Supabase Storage 503" in clip["error"]
 
 
 def test_the_anon_key_reads_and_writes_nothing(supabase_stack: Any, tmp_path: Path) -> None:

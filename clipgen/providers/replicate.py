@@ -15,6 +15,12 @@ What this module keeps:
   shared by the run's clips, and fewer predictions run at once until creates succeed again
   (`clipgen.throttle`).
 
+Retries here (the budgets are in tasks/__init__.py): an output's download is tried again in place
+(clipgen.retrying); a create answered 429 waits for the reset hint and is sent again (`_create`). Any other
+failure ends the attempt with a typed error (clipgen.errors) for the clip task to retry or not. A failed
+prediction's error is only text: `prediction_error` turns it into a type, here at the edge, and nothing
+after reads the text again.
+
 Predictions are read as plain JSON (`RemotePrediction`): replicate 1.0.7's models refuse the `aborted`
 status, and one aborted prediction in a listed page would otherwise hide the whole page.
 """
@@ -24,9 +30,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -41,19 +45,25 @@ from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
 from clipgen.errors import (
+    ConfigurationError,
     ContentRejected,
     GenerationError,
+    HintTooLong,
     LostCreateUnresolved,
+    NotFound,
+    OutputGone,
     PermanentError,
     TransientError,
 )
+from clipgen.files import atomic_write
 from clipgen.media import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
 from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
+from clipgen.retrying import retried
 from clipgen.settings import Settings
-from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
+from clipgen.throttle import AdaptiveLimit, Slot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,14 +117,6 @@ class _Page(BaseModel):
     next: str | None = None
 
 
-class OutputGone(TransientError):
-    """The prediction's output was deleted (Replicate keeps API outputs for about an hour)."""
-
-
-class NotFound(PermanentError):
-    """The API does not know what was asked for (HTTP 404): a prediction id it never made, a model."""
-
-
 class ReplicateProvider:
     name = "replicate"
     paid = True
@@ -152,7 +154,7 @@ class ReplicateProvider:
     @classmethod
     def from_settings(cls, settings: Settings) -> ReplicateProvider:
         if settings.replicate_api_token is None:
-            raise ValueError("REPLICATE_API_TOKEN is not set; the replicate provider needs it")
+            raise ConfigurationError("REPLICATE_API_TOKEN is not set; the replicate provider needs it")
         transport = httpx.HTTPTransport()
         client = Client(
             api_token=settings.replicate_api_token.get_secret_value(),
@@ -381,18 +383,17 @@ class ReplicateProvider:
         raise TransientError(f"prediction {prediction.id} was {prediction.status}")
 
     def _download(self, url: str, dest: Path) -> None:
-        """Stream the output to `dest` (atomically), retrying failures against the same URL."""
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                _stream_to(self._downloads, url, dest)
-                return
-            except OutputGone:
-                raise
-            except (httpx.HTTPError, OSError) as exc:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise TransientError(f"downloading {url} failed {attempt} times: {exc!r}") from exc
-                log.warning("download of %s failed (attempt %d): %r", url, attempt, exc)
-                time.sleep(0.5 * 2 ** (attempt - 1))
+        """Stream the output to `dest` (atomically), retrying failures in place against the same URL: it is
+        free, and the prediction stays paid for either way. OutputGone is not retried."""
+        try:
+            retried(
+                f"download of {url}",
+                lambda: _stream_to(self._downloads, url, dest),
+                retry_on=lambda exc: isinstance(exc, (httpx.HTTPError, OSError)),
+                tries=DOWNLOAD_ATTEMPTS,
+            )
+        except (httpx.HTTPError, OSError) as exc:
+            raise TransientError(f"downloading {url} failed {DOWNLOAD_ATTEMPTS} times: {exc!r}") from exc
 
     # --- images -------------------------------------------------------------------------------------------
 
@@ -425,19 +426,14 @@ def _no_upload(path: str, aspect_ratio: str, max_size: tuple[int, int]) -> str:
 
 
 def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
-    # Again here: another run of the job that ended may have removed the job's (then empty) work directory.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle, client.stream("GET", url) as response:
-            if response.status_code in (404, 410):
-                raise OutputGone(f"output {url} is gone (HTTP {response.status_code})")
-            response.raise_for_status()
-            for chunk in response.iter_bytes(1 << 20):
-                handle.write(chunk)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # atomic_write makes the directory again: another run of the job that ended may have removed the job's
+    # (then empty) work directory.
+    with atomic_write(dest) as tmp, open(tmp, "wb") as handle, client.stream("GET", url) as response:
+        if response.status_code in (404, 410):
+            raise OutputGone(f"output {url} is gone (HTTP {response.status_code})")
+        response.raise_for_status()
+        for chunk in response.iter_bytes(1 << 20):
+            handle.write(chunk)
 
 
 def _api_time(moment: datetime) -> str:

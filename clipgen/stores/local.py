@@ -1,12 +1,13 @@
-"""A ClipStore on the local disk: files under `storage/<bucket>/`, records in one SQLite file (WAL)."""
+"""A ClipStore on the local disk: files under `storage/<bucket>/`, records in one SQLite file (WAL).
+
+Files are written through clipgen.files (atomic); requests are not retried here: SQLite waits for its lock
+(busy timeout), and the callers own any retry (see tasks/__init__.py).
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID, uuid4
 
+from clipgen.files import copy_file
 from clipgen.stores.base import (
     BUCKETS,
     ClipRecord,
@@ -197,7 +199,7 @@ class LocalStore:
         # content_type only matters to HTTP-serving stores; a local file has none to keep.
         dest = self._object_path(bucket, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _copy_atomically(source, dest)
+        copy_file(source, dest)
         return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
 
     def signed_url(self, bucket: str, path: str) -> str:
@@ -214,7 +216,7 @@ class LocalStore:
         source = self._object_path(bucket, path)
         if not source.is_file():
             raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}")
-        _copy_atomically(source, dest)
+        copy_file(source, dest)
 
     # -- records -------------------------------------------------------------------------------------
 
@@ -517,22 +519,6 @@ _RENEW_LEASE = (
     "UPDATE clips SET lease_expires_at = :expires "
     "WHERE job_id = :job_id AND clip_index = :clip_index AND lease_owner = :owner"
 )
-
-
-def _copy_atomically(source: Path, dest: Path) -> None:
-    """Copy `source` over `dest`: readers see the old file or the whole new one, never a partial copy."""
-    with open(source, "rb") as src:  # opened first: a missing source fails before any temp file exists
-        # The temp file sits in the destination directory so os.replace is a same-filesystem rename.
-        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                shutil.copyfileobj(src, tmp, 1024 * 1024)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, dest)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
 
 
 def _prediction_params(record: PredictionRecord) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from clipgen.errors import PermanentError
+from clipgen.errors import JobBusy as JobBusy  # the queue's error, defined with the others
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
@@ -44,10 +44,6 @@ class QueuedJob(BaseModel):
     last_error: str | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
-
-
-class JobBusy(PermanentError):
-    """enqueue of a job that is running under a live lease."""
 
 
 def abandoned_error(attempts: int) -> str:

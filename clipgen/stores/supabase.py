@@ -7,16 +7,17 @@ itself reads reference images back with the service key, as an authenticated dow
 the file's path, so storage3 streams it from disk instead of holding the clip in memory. The object path is
 deterministic, so a retried upload overwrites rather than duplicates, and it is kept beside the signed link
 so the link can be re-signed when it expires.
+
+Retries: each small request (records, leases, reads, signs) is retried here through clipgen.retrying; an
+upload is sent once per call, and the clip task retries it. Failures are StoreFailed or StoreRefused
+(clipgen.errors).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import os
-import tempfile
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,16 @@ from pydantic import TypeAdapter
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
-from clipgen.errors import PermanentError, PublicBucket, TransientError
+from clipgen.errors import (
+    ConfigurationError,
+    PermanentError,
+    PublicBucket,
+    StoreFailed,
+    StoreRefused,
+    is_retryable,
+)
+from clipgen.files import write_bytes
+from clipgen.retrying import retried
 from clipgen.settings import Settings
 from clipgen.stores.base import (
     BUCKETS,
@@ -52,7 +62,6 @@ from supabase import Client, ClientOptions, SupabaseException, create_client
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ATTEMPTS = 3
 # PostgREST connection failures (PGRST000-003) and SQLSTATE classes that clear by themselves:
 # connection (08), rollback/serialization (40), insufficient resources (53), operator intervention (57).
 _TRANSIENT_SQL = ("PGRST00", "08", "40", "53", "57")
@@ -75,7 +84,9 @@ class SupabaseStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> SupabaseStore:
         if not settings.supabase_url or settings.supabase_service_role_key is None:
-            raise ValueError("SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set for the supabase store")
+            raise ConfigurationError(
+                "SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY must be set for the supabase store"
+            )
         http = httpx.Client(timeout=httpx.Timeout(60.0, connect=10.0))
         options = ClientOptions(
             httpx_client=http,
@@ -88,7 +99,7 @@ class SupabaseStore:
             client = create_client(settings.supabase_url, key, options)
         except SupabaseException as exc:  # e.g. a malformed URL: a configuration error like the ones above
             http.close()
-            raise ValueError(f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {exc}") from exc
+            raise ConfigurationError(f"SUPABASE_URL / SUPABASE_SERVICE_ROLE_KEY: {exc}") from exc
         return cls(client, signed_url_ttl_s=settings.signed_url_ttl_seconds, http=http)
 
     def close(self) -> None:
@@ -102,7 +113,8 @@ class SupabaseStore:
         files = self._client.storage.from_(bucket)
         # A Path, not bytes: storage3 opens it and httpx streams it in chunks.
         options: FileOptions = {"content-type": content_type, "upsert": "true"}
-        _retry(f"upload {bucket}/{path}", lambda: files.upload(path, source, options))
+        # Sent once: the one large request; its retries are the clip task's (tasks/__init__.py).
+        _once(f"upload {bucket}/{path}", lambda: files.upload(path, source, options))
         return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
 
     def signed_url(self, bucket: str, path: str) -> str:
@@ -126,15 +138,7 @@ class SupabaseStore:
             if isinstance(cause, StorageApiError) and _status(cause) == 404:  # no such object or bucket
                 raise FileNotFoundError(f"no object {path!r} in bucket {bucket!r}") from exc
             raise
-        # Written beside `dest` and renamed, as the local store does: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(dest, data)  # atomic, as the local store's: a reader never sees half a file
 
     def _ensure_buckets(self) -> None:
         with self._lock:
@@ -323,7 +327,7 @@ def _lease_params(job_id: UUID, clip_index: int, owner: str) -> dict[str, Any]:
 def _rows(data: Any) -> list[dict[str, Any]]:
     """A set-returning call's rows (PostgREST answers a `returns setof` function with a JSON array)."""
     if not isinstance(data, list):
-        raise PermanentError(f"expected a list of rows from PostgREST, got {type(data).__name__}")
+        raise StoreRefused(f"expected a list of rows from PostgREST, got {type(data).__name__}")
     return data
 
 
@@ -332,26 +336,25 @@ def _row(record: ClipRecord | ThumbnailRecord | PredictionRecord, exclude: set[s
 
 
 def _retry(what: str, call: Callable[[], T]) -> T:
-    """Transient failures are tried again (bounded); then TransientError, so the task can retry the step."""
-    attempt = 1
-    while True:
-        try:
-            return call()
-        except (StorageApiError, APIError, httpx.TransportError) as exc:
-            error = _classify(what, exc)
-            if isinstance(error, PermanentError) or attempt == ATTEMPTS:
-                raise error from exc
-            log.warning("%s failed (attempt %d of %d): %s", what, attempt, ATTEMPTS, error)
-        time.sleep(0.5 * 2 ** (attempt - 1))
-        attempt += 1
+    """A small idempotent request, tried again in place while it fails in a way that may pass (429, 5xx, a
+    reset); then StoreFailed, which the clip task may retry with the rest of its attempt."""
+    return retried(what, lambda: _once(what, call), retry_on=is_retryable)
 
 
-def _classify(what: str, exc: Exception) -> TransientError | PermanentError:
+def _once(what: str, call: Callable[[], T]) -> T:
+    """One request, its failure typed: StoreFailed (may pass) or StoreRefused (will not)."""
+    try:
+        return call()
+    except (StorageApiError, APIError, httpx.TransportError) as exc:
+        raise _classify(what, exc) from exc
+
+
+def _classify(what: str, exc: Exception) -> StoreFailed | StoreRefused:
     if isinstance(exc, StorageApiError):
         return _storage_error(what, exc)
     if isinstance(exc, APIError):
         return _table_error(what, exc)
-    return TransientError(f"{what}: Supabase unreachable ({exc!r})")
+    return StoreFailed(f"{what}: Supabase unreachable ({exc!r})")
 
 
 def _status(exc: StorageApiError) -> int:
@@ -361,16 +364,16 @@ def _status(exc: StorageApiError) -> int:
         return 0
 
 
-def _storage_error(what: str, exc: StorageApiError) -> TransientError | PermanentError:
+def _storage_error(what: str, exc: StorageApiError) -> StoreFailed | StoreRefused:
     status = _status(exc)
     message = f"{what}: Supabase Storage {status or exc.status} {exc.code}: {exc.message}"
     if status == 429 or status >= 500 or status == 0:
-        return TransientError(message)
-    return PermanentError(message)
+        return StoreFailed(message)
+    return StoreRefused(message)
 
 
-def _table_error(what: str, exc: APIError) -> TransientError | PermanentError:
+def _table_error(what: str, exc: APIError) -> StoreFailed | StoreRefused:
     message = f"{what}: Supabase {exc.code}: {exc.message}"
     if exc.code is None or exc.code.startswith(_TRANSIENT_SQL):
-        return TransientError(message)
-    return PermanentError(message)
+        return StoreFailed(message)
+    return StoreRefused(message)
