@@ -29,7 +29,7 @@ def run_cli(
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "clipgen.cli", *args]
+    return [sys.executable, "-m", "commands.cli", *args]
 
 
 def clean_env(home: Path, data_dir: Path, env: dict[str, str] | None = None) -> dict[str, str]:

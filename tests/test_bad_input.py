@@ -42,7 +42,6 @@ from PIL import Image
 
 from clipgen.backends import register_provider
 from clipgen.catalog import MODELS, ModelSpec
-from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.job import MAX_CLIP_INDEX, ClipPrompt, ClipPrompts, GenerationOptions
 from clipgen.planning import ACCEPT_SHORTFALL_S, plan_job
@@ -50,6 +49,7 @@ from clipgen.queueing import parse_queued_job
 from clipgen.references import resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.queue import QueuedJob
+from commands.cli import main
 from tests.doubles import ScriptedProvider
 
 pytestmark = pytest.mark.filterwarnings(

@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from clipgen import events
-from clipgen.cli import main
 from clipgen.media import probe
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from tests.conftest import EXAMPLE_JOB, REPO, write_job
 
 JOB_ID = "7d1c2a9e-4b6f-4f0e-9a51-3c2b8e1f0a66"
@@ -260,7 +260,7 @@ def test_malformed_json_exits_2_without_traceback(tmp_path: Path, data_dir: Path
     job = tmp_path / "job.json"
     job.write_text('{"job_id": "x", "clip_prompts": [')
     done = subprocess.run(
-        [sys.executable, "-m", "clipgen.cli", "run", str(job)],
+        [sys.executable, "-m", "commands.cli", "run", str(job)],
         capture_output=True,
         text=True,
         cwd=REPO,

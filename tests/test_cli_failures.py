@@ -185,7 +185,7 @@ def test_interrupted_while_prefect_starts(tmp_path: Path) -> None:
 
 
 def test_top_level_help_lists_commands_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    from clipgen.cli import main
+    from commands.cli import main
 
     with pytest.raises(SystemExit) as exited:
         main(["--help"])

@@ -9,7 +9,7 @@ from uuid import uuid4
 
 import pytest
 
-from clipgen.cli import main
+from commands.cli import main
 from staging.fake_replicate.server import FakeReplicateServer
 from tests.cli_process import run_cli
 from tests.conftest import write_job

@@ -9,8 +9,8 @@ from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from clipgen.backends import register_provider
-from clipgen.cli import main
 from clipgen.job import ClipPrompts, GenerationOptions
+from commands.cli import main
 from flows.video_generator import generate_video_clips
 from tests.doubles import ScriptedProvider
 

@@ -17,11 +17,11 @@ from uuid import UUID, uuid4
 import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
-from clipgen.cli import main
 from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
+from commands.cli import main
 from staging.fake_replicate.server import FakeReplicateServer
 from tests.conftest import SupabaseStack
 from tests.photos import make_photo

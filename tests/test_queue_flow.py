@@ -15,9 +15,9 @@ from uuid import UUID, uuid4
 import pytest
 
 from clipgen.backends import register_provider, register_store
-from clipgen.cli import main
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from flows.job_queue import process_job_queue
 from tests.doubles import PERMANENT, ScriptedProvider
 

@@ -21,7 +21,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 
 from clipgen.backends import close_quietly, register_provider
-from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts
 from clipgen.references import MAX_IMAGE_BYTES, ReferencePolicy, reference_resolver, resolve_reference
@@ -29,6 +28,7 @@ from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET, ClipStore
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
+from commands.cli import main
 from flows.job_queue import process_job_queue
 from tests.conftest import SupabaseStack, write_job
 from tests.doubles import ScriptedProvider

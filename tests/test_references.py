@@ -27,7 +27,6 @@ from PIL import Image
 
 import clipgen.references
 from clipgen import media
-from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.job_files import MAX_INLINE_DATA_URI_CHARS, read_job
@@ -41,6 +40,7 @@ from clipgen.references import (
 )
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from tests.conftest import EXAMPLE_JOB, write_job
 
 IMAGES = EXAMPLE_JOB.parent / "images"

@@ -25,7 +25,6 @@ from PIL import Image
 from replicate.client import Client
 
 from clipgen.catalog import MODELS
-from clipgen.cli import main
 from clipgen.errors import (
     BudgetExceeded,
     ContentRejected,
@@ -44,6 +43,7 @@ from clipgen.providers.base import Generation
 from clipgen.providers.replicate import CLOCK_SKEW, CREATE_WINDOW, ReplicateProvider
 from clipgen.stores.base import PredictionRecord
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from staging.fake_replicate.server import FakeReplicateServer, Fault
 from tests.conftest import EXAMPLE_JOB
 

@@ -29,12 +29,12 @@ from uuid import UUID, uuid4
 import pytest
 from PIL import Image
 
-from clipgen.cli import main
 from clipgen.errors import ValidationError
 from clipgen.media import MAX_REFERENCE_PIXELS, load_image
 from clipgen.reference_cache import DAY_S, EVICTION_GRACE_S, CacheBound
 from clipgen.references import ReferencePolicy, reference_resolver, resolve_reference
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from tests.conftest import write_job
 
 FIELD = "clip_prompts[0].scene_reference_url"

@@ -57,7 +57,7 @@ def start_job(
         [
             sys.executable,
             "-m",
-            "clipgen.cli",
+            "commands.cli",
             "run",
             str(job),
             "--model",

@@ -1,0 +1,64 @@
+"""The lines `video-generator run` prints: one per progress or retry event as the clips finish, and the
+summary of the result. Plain text from plain data; the command prints them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clipgen import events
+from clipgen.job import Clips
+
+
+def event_line(name: str, data: dict[str, Any]) -> str | None:
+    """The line for a store event, or None for an event the command does not show."""
+    if name == events.PROGRESS:
+        done = f"[{data['completed'] + data['failed']}/{data['total']}] clip {data['clip_index']}"
+        if data["status"] != "success":
+            return f"  {done} FAILED: {data.get('error')}"
+        if data.get("reused"):
+            return f"  {done} reused: {data['actual_duration']:.2f} s, stored by an earlier run"
+        cost = data.get("cost") or 0.0
+        return f"  {done} ok: {data['actual_duration']:.2f} s" + (f" · ${cost:.2f}" if cost else "")
+    if name == events.RETRY:
+        return (
+            f"  clip {data['clip_index']}: attempt {data['attempt']} failed ({data['error']}); "
+            f"retrying in ~{data['delay_seconds']:.0f} s"
+        )
+    return None
+
+
+def summary_lines(result: Clips, completed: bool, message: str, output: Path | None) -> list[str]:
+    """The run's outcome, one line per clip, what was paid, and where the result was written."""
+    reused = sum(clip.reused for clip in result.clips)
+    made = sum(clip.status == "success" and not clip.reused for clip in result.clips)
+    if reused and not made:
+        message += " · all reused from earlier runs, none generated now"
+    elif reused:
+        message += f" · {reused} reused from earlier runs"
+    lines = [f"{'Completed' if completed else 'Failed'}: {message}"]
+    for clip in result.clips:
+        if clip.status == "success":
+            seconds = f"{clip.actual_duration:.2f} s (target {clip.original_target_duration:g} s)"
+            shape = f"{clip.width}x{clip.height}"
+            note = "  (reused)" if clip.reused else ""
+            lines.append(
+                f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}{note}"
+            )
+        else:
+            lines.append(
+                f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}"
+            )
+    lines.append(
+        f"  this run: {made} generated, {reused} reused, paid ${result.spent_this_run:.2f} · all runs paid "
+        f"${result.spent_all_runs:.2f} · the clips cost ${result.total_cost:.2f} · "
+        f"{result.total_generation_time:.1f} s"
+    )
+    if output:
+        lines.append(f"  result written to {output}")
+    return lines
+
+
+def indented(text: str) -> str:
+    """`text` with each line indented by two spaces, as the command shows a refusal's problems."""
+    return "\n".join(f"  {line}" for line in text.splitlines())
