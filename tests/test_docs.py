@@ -1,5 +1,6 @@
-"""The README stays short, and the links of the README and docs/ lead somewhere: every relative Markdown link
-names a file in the repository, and a link to a heading (`page.md#heading`) names a heading that page has."""
+"""The README stays short, and what the README and docs/ point at is there: every relative Markdown link names
+a file in the repository, a link to a heading (`page.md#heading`) a heading that page has, every file or module
+a page names in code exists, and the settings table lists every setting."""
 
 from __future__ import annotations
 
@@ -62,6 +63,32 @@ def test_the_readme_is_short_and_links_to_every_page() -> None:
     linked = {target.partition("#")[0] for target in _relative_links(readme)}
     for page in PAGES[1:]:
         assert f"docs/{page.name}" in linked, f"README.md does not link docs/{page.name}"
+
+
+PACKAGES = "clipgen|tasks|flows|deployments|commands|staging|tests|benchmarks|scripts|supabase|examples"
+# A repository path: clipgen/media.py, staging/fake_replicate/ (a placeholder such as <hex> ends it).
+NAMED_PATH = re.compile(rf"\b((?:{PACKAGES})/[\w./-]*)")
+# A module: clipgen.server.create_app names clipgen/server.py.
+NAMED_MODULE = re.compile(r"\b((?:clipgen|tasks|flows|deployments|commands|staging)\.[a-z_]+)\b(?!\.md)")
+
+
+def _named(page: Path) -> tuple[set[str], set[str]]:
+    """The paths and modules the page's code spans name."""
+    spans = re.findall(r"`([^`\n]+)`", FENCE.sub("", page.read_text(encoding="utf-8")))
+    paths = {path for span in spans for path in NAMED_PATH.findall(span)}
+    return paths, {module for span in spans for module in NAMED_MODULE.findall(span)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_file_and_module_a_page_names_exists(page: Path) -> None:
+    """Code moves (clipgen/cli.py became commands/); a page that names the old place is wrong."""
+    paths, modules = _named(page)
+    missing = [path for path in paths if not (REPO / path.split(":")[0]).exists()]
+    for module in modules:
+        package, name = module.split(".")
+        if not ((REPO / package / f"{name}.py").exists() or (REPO / package / name).is_dir()):
+            missing.append(module)
+    assert not missing, f"{page.relative_to(REPO)} names what the repository does not have: {sorted(missing)}"
 
 
 def test_the_settings_table_lists_every_setting() -> None:
