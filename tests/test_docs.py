@@ -1,6 +1,6 @@
 """The README stays short, and what the README and docs/ point at is there: every relative Markdown link names
-a file in the repository, a link to a heading (`page.md#heading`) a heading that page has, every file or module
-a page names in code exists, and the settings table lists every setting."""
+a file in the repository, a link to a heading (`page.md#heading`) a heading that page has, every file or
+module a page names in code exists, and the settings table lists every setting."""
 
 from __future__ import annotations
 
