@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import clipgen
 from tests.conftest import REPO
@@ -125,6 +126,36 @@ def test_python_multipart_is_required_by_the_staging_extra_only() -> None:
     assert any(req.marker and req.marker.evaluate({"extra": "staging"}) for req in multipart)
     # dev installs (dev.py, CI) run the fake, so they bring the extra (the build writes its requirements out).
     assert any(req.marker and req.marker.evaluate({"extra": "dev"}) for req in multipart)
+
+
+def test_a_plain_install_brings_no_staging_dependency() -> None:
+    """What `pip install .` installs here: the product's requirements without extras, and theirs, followed
+    through the installed distributions' metadata (markers evaluated for this interpreter)."""
+    installed = installed_by("video-generator")
+    assert {"prefect", "fastapi", "starlette"} <= installed  # the walk follows requirements' requirements
+    assert "python-multipart" not in installed
+
+
+def installed_by(distribution: str) -> set[str]:
+    from importlib.metadata import PackageNotFoundError, requires
+
+    found: set[str] = set()
+    todo: list[tuple[str, frozenset[str]]] = [(distribution, frozenset())]
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        name, extras = todo.pop()
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        try:
+            lines = requires(name) or []
+        except PackageNotFoundError:
+            continue  # not installed here, so nothing of it was needed
+        for req in map(Requirement, lines):
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras or {""}):
+                found.add(canonicalize_name(req.name))
+                todo.append((req.name, frozenset(req.extras)))
+    return found
 
 
 def test_fake_replicate_without_the_extra_says_how_to_install_it(tmp_path: Path) -> None:
