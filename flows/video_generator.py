@@ -266,6 +266,6 @@ def _with_thumbnails(result: Clips, store: ClipStore) -> Clips:
 
 
 if __name__ == "__main__":
-    from clipgen.cli import main
+    from commands.cli import main
 
     sys.exit(main(["run", *sys.argv[1:]]))

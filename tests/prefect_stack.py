@@ -590,7 +590,7 @@ def _start_server(root: Path, home: Path, database_url: str) -> tuple[StackProce
 
 def setup_server(stack: PrefectStack) -> None:
     """THE place the server is prepared for the deployments, as docs/deployments.md says: the process
-    work pool `video-generator` and the global prediction limit (clipgen/cli.py, deployments/setup.py)."""
+    work pool `video-generator` and the global prediction limit (commands/services.py, deployments/)."""
     stack.run_cli("video-generator", "setup-prefect")
 
 

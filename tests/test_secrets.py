@@ -35,10 +35,10 @@ from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
 from clipgen.backends import register_provider
-from clipgen.cli import main
 from clipgen.failures import EXIT_STORE_UNAVAILABLE
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
+from commands.cli import main
 from staging.fake_replicate.server import FakeReplicateServer, Fault
 from supabase import ClientOptions, create_client
 from tests.conftest import SupabaseStack, write_job

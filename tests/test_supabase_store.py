@@ -21,12 +21,12 @@ from postgrest.exceptions import APIError
 from storage3.exceptions import StorageApiError
 
 from clipgen.backends import register_provider
-from clipgen.cli import main
 from clipgen.errors import PermanentError, PublicBucket
 from clipgen.server import create_app
 from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET, THUMBNAIL_BUCKET, VIDEO_BUCKET
 from clipgen.stores.supabase import SupabaseStore
+from commands.cli import main
 from supabase import Client, ClientOptions, create_client
 from tests.conftest import EXAMPLE_JOB, SupabaseStack
 from tests.doubles import ScriptedProvider
