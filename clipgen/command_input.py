@@ -18,7 +18,7 @@ import pydantic
 
 from clipgen import failures
 from clipgen.backends import close_quietly, open_store
-from clipgen.errors import ValidationError, VideoGeneratorError
+from clipgen.errors import ConfigurationError, ValidationError, VideoGeneratorError
 from clipgen.job import GenerationOptions
 from clipgen.job_files import JobFile, read_job
 from clipgen.planning import JobPlan, plan_job, pydantic_problems
@@ -76,7 +76,7 @@ def open_named_store(name: str, settings: Settings, flag: str) -> ClipStore:
     """The store named `name`; a refusal naming `flag` for an unknown name or missing credentials."""
     try:
         return open_store(name, settings)
-    except (ValueError, ImportError, AttributeError) as exc:
+    except ConfigurationError as exc:
         raise ValidationError.one(flag, str(exc)) from exc
 
 

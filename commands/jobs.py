@@ -18,7 +18,7 @@ from uuid import UUID
 from clipgen import failures
 from clipgen.backends import close_quietly, open_provider, open_store
 from clipgen.command_input import CheckedJob, check_job, load_settings, open_named_store, upload_images
-from clipgen.errors import ValidationError, VideoGeneratorError
+from clipgen.errors import ConfigurationError, ValidationError, VideoGeneratorError
 from clipgen.failures import EXIT_FAILED, EXIT_OK
 from clipgen.job import Clips
 from clipgen.progress_text import event_line, summary_lines
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         # Built once here so a missing credential or unknown name is refused before the flow starts.
         close_quietly(open_provider(provider, settings))
         store = open_store(store_name, settings)
-    except (ValueError, ImportError, AttributeError) as exc:
+    except ConfigurationError as exc:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
     upload_images(checked.job_file, store, store_name, settings)
     plan = checked.plan
