@@ -2,7 +2,7 @@
 
 What is counted is the real thing: every `open` of the image file in this process during a real flow run
 (`sys.addaudithook`; Pillow opens a path with the builtin `open`, which raises the event). Per job, planning
-verifies a file reference once, the plan's fingerprint reads its bytes (once per path and process:
+verifies a file reference once, the plan's fingerprint reads its bytes (once per version of the file and process:
 `clipgen.paid_work._file_digest`) and the provider decodes it once per size for the run. So a job of six
 clips sharing one scene opens its scene as often as a job of two opens its own.
 """
@@ -10,9 +10,6 @@ clips sharing one scene opens its scene as often as a job of two opens its own.
 from __future__ import annotations
 
 import functools
-import os
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,49 +22,17 @@ from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.media import load_image
 from clipgen.once import OncePerKey
 from staging.fake_replicate.server import FakeReplicateServer
+from tests.open_counter import OpenCounter, open_counter
 
 # svd: the scene image is required and the clips are short (1.25 s at 768x768): cheap to render and fake.
 OPTIONS = GenerationOptions(model="svd", aspect_ratio="1:1")
 
 
-class OpenCounter:
-    """Counts `open` audit events naming one file. An audit hook cannot be removed, so this one is
-    installed once per process and does nothing (one attribute test) unless a test has armed it."""
-
-    def __init__(self) -> None:
-        self._watched: str | None = None
-        self._count = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if self._watched is None or event != "open" or isinstance(args[0], int):
-            return
-        # Compared by spelling, with nothing in the hook that could itself raise an audit event.
-        if os.path.abspath(os.fsdecode(args[0])) == self._watched:
-            with self._lock:
-                self._count += 1
-
-    def arm(self, path: Path) -> None:
-        with self._lock:
-            self._watched, self._count = str(path.resolve()), 0
-
-    def disarm(self) -> int:
-        with self._lock:
-            self._watched = None
-            return self._count
-
-
-_COUNTER: OpenCounter | None = None
-
-
 @pytest.fixture
 def opens() -> Iterator[OpenCounter]:
-    global _COUNTER
-    if _COUNTER is None:
-        _COUNTER = OpenCounter()
-        sys.addaudithook(_COUNTER)
-    yield _COUNTER
-    _COUNTER.disarm()
+    counter = open_counter()
+    yield counter
+    counter.disarm()
 
 
 @pytest.fixture(scope="module")

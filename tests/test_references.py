@@ -25,8 +25,6 @@ import httpx
 import pytest
 from PIL import Image
 
-import clipgen.references
-from clipgen import media
 from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.job_files import MAX_INLINE_DATA_URI_CHARS, read_job
@@ -42,6 +40,7 @@ from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
 from commands.cli import main
 from tests.conftest import EXAMPLE_JOB, write_job
+from tests.open_counter import OpenCounter, open_counter
 
 IMAGES = EXAMPLE_JOB.parent / "images"
 FIELD = "clip_prompts[2].scene_reference_url"
@@ -297,21 +296,21 @@ def shared_scene_job(url: str, clips: int = 20) -> ClipPrompts:
 
 
 def test_planning_resolves_a_reference_shared_by_20_clips_once(
-    image_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    image_server: str, tmp_path: Path, reads: OpenCounter
 ) -> None:
-    decoded = count_decodes(monkeypatch)
+    reads.arm(tmp_path, reads_only=True)
     change_live("scene.png", ADA)
     job = shared_scene_job(f"{image_server}/live/etag/scene.png")
     resolve = functools.partial(resolve_reference, cache_dir=tmp_path, policy=LOOPBACK_OK)
     first = plan_job(job, GenerationOptions(model="veo-3.1"), resolve)
     assert len({clip.scene_image for clip in first.clips}) == 1 and len(first.clips) == 20
     assert [seen.status for seen in ImageHandler.seen] == [200]
-    assert len(decoded) == 1
+    assert image_reads(reads) == 1, reads.opened
     # A rerun plans again: one conditional GET for the job, and the image is not decoded again.
     again = plan_job(job, GenerationOptions(model="veo-3.1"), resolve)
     assert [clip.scene_image for clip in again.clips] == [clip.scene_image for clip in first.clips]
     assert [seen.status for seen in ImageHandler.seen] == [200, 304]
-    assert len(decoded) == 1
+    assert image_reads(reads) == 1, reads.opened
 
 
 def test_a_refused_reference_shared_by_clips_is_fetched_and_reported_once(
@@ -559,29 +558,30 @@ def test_data_uri(tmp_path: Path) -> None:
     assert path.read_bytes() == (IMAGES / "ada.png").read_bytes()
 
 
-def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The files the resolver verifies by decoding them, from now on."""
-    decoded: list[Path] = []
-
-    def load_image(path: Path, **options: Any) -> Any:
-        decoded.append(path)
-        return media.load_image(path, **options)
-
-    monkeypatch.setattr(clipgen.references, "load_image", load_image)
-    return decoded
+@pytest.fixture
+def reads() -> Iterator[OpenCounter]:
+    """Counts the reads of files under the test's cache folder once armed (decoding a cached image reads
+    it; revalidating or reusing it must not)."""
+    counter = open_counter()
+    yield counter
+    counter.disarm()
 
 
-def test_data_uris_are_cached_by_content_and_verified_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    decoded = count_decodes(monkeypatch)
+def image_reads(reads: OpenCounter) -> int:
+    """Reads of image bytes in the cache (`sha256-<hex>`, or its `.part` while it is verified), not of a
+    URL's validators."""
+    return sum(n for path, n in reads.opened.items() if Path(path).name.lstrip(".").startswith("sha256-"))
+
+
+def test_data_uris_are_cached_by_content_and_verified_once(tmp_path: Path, reads: OpenCounter) -> None:
+    reads.arm(tmp_path, reads_only=True)
     png = resolve_reference(data_uri(IMAGES / "ada.png"), "f", tmp_path, ReferencePolicy())
     same_bytes = resolve_reference(
         data_uri(IMAGES / "ada.png", "image/x-png"), "f", tmp_path, ReferencePolicy()
     )
     assert png == same_bytes
     assert png.name == "sha256-" + hashlib.sha256(ADA).hexdigest()
-    assert len(decoded) == 1  # a file under its content name has passed already
+    assert image_reads(reads) == 1, reads.opened  # a file under its content name has passed already
 
 
 def test_text_data_uri_is_not_base64(tmp_path: Path) -> None:
