@@ -18,7 +18,6 @@ import hmac
 import ipaddress
 import json
 import secrets
-import stat
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -40,7 +39,7 @@ from clipgen.http_safety import SecurityHeaders, install_log_redaction, origin, 
 from clipgen.link_key import link_key
 from clipgen.settings import Settings
 from clipgen.status import JobView, is_finished, job_view, linked_event_data
-from clipgen.stores.base import BUCKETS, ClipStore
+from clipgen.stores.base import BUCKETS, ClipStore, LocalObjects
 
 PAGE = Path(__file__).with_name("job_page.html")
 MAX_EVENT_ID = 2**63 - 1  # SQLite's and PostgreSQL's bigint: a larger id is refused, not passed on
@@ -165,7 +164,7 @@ def create_app(settings: Settings | None = None, *, poll_interval_s: float = 0.2
             raise HTTPException(403, "invalid link")
         if expires < time.time():
             raise HTTPException(403, "link expired")
-        file = await run_in_threadpool(_stored_file, settings.data_dir / "storage" / bucket, path)
+        file = await run_in_threadpool(_object_file, store(), bucket, path)
         if file is None:
             raise HTTPException(404, "no such object")
         return FileResponse(file)
@@ -197,16 +196,9 @@ def _seen_the_end(store: ClipStore, job_id: UUID, since: int) -> bool:
     return is_finished(log) and log[-1].id <= since
 
 
-def _stored_file(root: Path, path: str) -> Path | None:
-    """The regular file at `path` inside `root`, reached without a symlink; None for anything else."""
-    try:
-        root = root.resolve(strict=True)
-        file = root.joinpath(path)
-        if not file.is_relative_to(root) or file.resolve(strict=True) != file:
-            return None  # outside the bucket, through `..`, or through a symlink
-        return file if stat.S_ISREG(file.lstat().st_mode) else None
-    except (OSError, ValueError):  # missing, a name too long, a NUL byte
-        return None
+def _object_file(store: ClipStore, bucket: str, path: str) -> Path | None:
+    """The local file of a stored object, as its store finds it; None for a store of remote objects."""
+    return store.object_file(bucket, path) if isinstance(store, LocalObjects) else None
 
 
 def _linker(request: Request, store: ClipStore, key: Callable[[], bytes], settings: Settings) -> Any:

@@ -23,6 +23,8 @@ from clipgen import events
 from clipgen.http_safety import RedactSecrets
 from clipgen.server import create_app
 from clipgen.settings import Settings
+from clipgen.stores.base import VIDEO_BUCKET, ClipRecord
+from clipgen.stores.local import LocalStore
 from tests.conftest import REPO
 from tests.stack.gateway import ServerThread
 
@@ -244,3 +246,26 @@ def test_tokens_are_redacted_from_access_logs() -> None:
     )
     RedactSecrets().filter(record)
     assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()
+
+
+def store_of_its_own(settings: Settings) -> LocalStore:
+    """A local store keeping its files somewhere else than the data directory's `storage/`."""
+    return LocalStore(settings.data_dir / "a-store-of-its-own")
+
+
+def test_media_is_read_through_the_store_wherever_it_keeps_its_files(data_dir: Path, tmp_path: Path) -> None:
+    """`/media` asks the store for the object's file: the server does not rebuild the local layout."""
+    settings = Settings(VIDEO_GENERATOR_STORE=f"{__name__}:store_of_its_own")
+    job_id, clip = uuid4(), tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42 a clip")
+    store = store_of_its_own(settings)
+    stored = store.put_object(VIDEO_BUCKET, f"{job_id}/clip_0.mp4", clip, "video/mp4")
+    store.upsert_clip(
+        ClipRecord(job_id=job_id, clip_index=0, status="success", model="veo-3.1", video_path=stored.path)
+    )
+    store.append_event(job_id, events.START, {"total_clips": 1, "clip_indices": [0]})
+    with ServerThread(create_app(settings), lifespan="on") as thread:
+        link = httpx.get(f"{thread.base_url}/jobs/{job_id}").json()["clips"][0]["video_url"]
+        assert link.startswith(f"{thread.base_url}/media/"), link
+        video = httpx.get(link)
+    assert video.status_code == 200 and video.content == clip.read_bytes()

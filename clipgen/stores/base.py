@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 from uuid import UUID
 
 from pydantic import BaseModel, Field
@@ -200,4 +200,16 @@ class ClipStore(Protocol):
 
     def release_clip_lease(self, job_id: UUID, clip_index: int, owner: str) -> None:
         """Give the lease up if `owner` holds it; a no-op otherwise."""
+        ...
+
+
+@runtime_checkable
+class LocalObjects(Protocol):
+    """A store whose objects are files on this machine. Its signed links are file:// URLs, which a browser
+    on an http page cannot open, so `video-generator serve` serves them itself, asking the store for the
+    file: the store alone knows its layout."""
+
+    def object_file(self, bucket: str, path: str) -> Path | None:
+        """The regular file holding the object, reached without a symlink; None for anything else (no such
+        object, a path out of the bucket, a symlink, a directory)."""
         ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import stat
 import threading
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -194,6 +195,17 @@ class LocalStore:
         if not parts or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path:
             raise ValueError(f"object path must be a relative POSIX path without '..': {path!r}")
         return self.storage_dir / bucket / Path(*parts)
+
+    def object_file(self, bucket: str, path: str) -> Path | None:
+        try:
+            self._object_path(bucket, path)  # refuses an unknown bucket and `..`
+            root = (self.storage_dir / bucket).resolve(strict=True)
+            file = root.joinpath(*PurePosixPath(path).parts)
+            if file.resolve(strict=True) != file:
+                return None  # through a symlink, which may lead out of the store
+            return file if stat.S_ISREG(file.lstat().st_mode) else None
+        except (OSError, ValueError):  # missing, a name too long, a NUL byte, refused above
+            return None
 
     def put_object(self, bucket: str, path: str, source: Path, content_type: str) -> StoredObject:
         # content_type only matters to HTTP-serving stores; a local file has none to keep.
