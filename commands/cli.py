@@ -71,7 +71,7 @@ exit codes:
 Each failure ends with what failed, the likely cause and what to do; --verbose adds the traceback.
 
 Settings are environment variables (VIDEO_GENERATOR_*, REPLICATE_*, SUPABASE_*, PREFECT_API_URL); a flag
-overrides its variable. More: README.md, and video-generator COMMAND --help.
+overrides its variable. More: README.md and docs/, and video-generator COMMAND --help.
 """
 
 VERBOSE_HELP = "show Prefect's own logs, and the traceback of a failure"

@@ -239,7 +239,8 @@ def _mirror(plan: JobPlan, announced: Announced) -> None:
 
 
 def _settle(future: PrefectFuture[Any], plan: ClipPlan, backends: Backends) -> Clip:
-    # Read the state only after wait(): right after as_completed it can still say Running (FACTS.md).
+    # Read the state only after wait(): right after as_completed it can still say Running
+    # (docs/architecture.md, "Prefect facts").
     future.wait()
     outcome = future.result(raise_on_failure=False)
     if isinstance(outcome, Clip):

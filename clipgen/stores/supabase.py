@@ -1,9 +1,10 @@
 """The Supabase store: clips, thumbnails and reference images in private Storage buckets, records in Postgres
 (PostgREST).
 
-Traps this module keeps clear of (FACTS.md): the default upload content type is text/plain, so it is always
-given; `upsert` must be the string "true"; private buckets are read through signed links only (the store
-itself reads reference images back with the service key, as an authenticated download). Uploads pass
+Traps this module keeps clear of (docs/supabase.md, "Storage API traps"): the default upload content type
+is text/plain, so it is always given; `upsert` must be the string "true"; private buckets are read through
+signed links only (the store itself reads reference images back with the service key, as an authenticated
+download). Uploads pass
 the file's path, so storage3 streams it from disk instead of holding the clip in memory. The object path is
 deterministic, so a retried upload overwrites rather than duplicates, and it is kept beside the signed link
 so the link can be re-signed when it expires.
