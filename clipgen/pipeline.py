@@ -227,6 +227,19 @@ def _deliver(
         )
     )
     work.delivered(generation.prediction_id)
+    return _delivered_clip(plan, work, attempt, generation, info, stored, elapsed, metadata)
+
+
+def _delivered_clip(
+    plan: ClipPlan,
+    work: ClipWork,
+    attempt: Attempt,
+    generation: Generation,
+    info: VideoInfo,
+    stored: StoredObject,
+    elapsed: float,
+    metadata: dict[str, Any],
+) -> Clip:
     return Clip(
         clip_index=plan.clip_index,
         video_url=stored.url,

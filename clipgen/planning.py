@@ -145,7 +145,6 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
     if problems:
         raise ValidationError(problems)
     spec = MODELS[options.model]
-    width, height = spec.output_sizes[options.aspect_ratio]
     for position, prompt in enumerate(job.clip_prompts):
         problems += clip_problems(position, prompt, spec, options.aspect_ratio)
     if problems:
@@ -156,25 +155,7 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
     for position, prompt in enumerate(job.clip_prompts):
         images, image_problems = _resolve_images(position, prompt, resolve, resolved)
         problems += image_problems
-        seconds = requested_duration(spec, prompt.duration, options.duration_buffer)
-        clips.append(
-            ClipPlan(
-                job_id=job.job_id,
-                clip_index=prompt.clip_index,
-                model=spec.key,
-                prompt=prompt.prompt,
-                negative_prompt=prompt.negative_prompt,
-                aspect_ratio=options.aspect_ratio,
-                width=width,
-                height=height,
-                target_duration=prompt.duration,
-                requested_duration=seconds,
-                timeout_s=options.clip_timeout_s or spec.timeout_s,
-                estimated_cost=spec.cost(seconds),
-                metadata=prompt.metadata,
-                **images,
-            )
-        )
+        clips.append(_clip_plan(job, prompt, spec, options, images))
     estimate = round(sum(clip.estimated_cost for clip in clips), 4)
     if options.budget_usd is not None and estimate > options.budget_usd:
         problems.append(
@@ -194,6 +175,29 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
         concurrency=options.concurrency,
         estimated_cost=estimate,
         budget_usd=options.budget_usd,
+    )
+
+
+def _clip_plan(
+    job: ClipPrompts, prompt: ClipPrompt, spec: ModelSpec, options: GenerationOptions, images: dict[str, Any]
+) -> ClipPlan:
+    seconds = requested_duration(spec, prompt.duration, options.duration_buffer)
+    width, height = spec.output_sizes[options.aspect_ratio]
+    return ClipPlan(
+        job_id=job.job_id,
+        clip_index=prompt.clip_index,
+        model=spec.key,
+        prompt=prompt.prompt,
+        negative_prompt=prompt.negative_prompt,
+        aspect_ratio=options.aspect_ratio,
+        width=width,
+        height=height,
+        target_duration=prompt.duration,
+        requested_duration=seconds,
+        timeout_s=options.clip_timeout_s or spec.timeout_s,
+        estimated_cost=spec.cost(seconds),
+        metadata=prompt.metadata,
+        **images,
     )
 
 

@@ -147,14 +147,8 @@ def _generate(
 
 def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tuple[Clips, Outcome]:
     began = time.monotonic()
-    logger = get_run_logger()
-    logger.info(
-        "%d clips on %s at %s, estimate $%.2f",
-        len(plan.clips),
-        plan.model,
-        plan.aspect_ratio,
-        plan.estimated_cost,
-    )
+    shape = (len(plan.clips), plan.model, plan.aspect_ratio, plan.estimated_cost)
+    get_run_logger().info("%d clips on %s at %s, estimate $%.2f", *shape)
 
     _mirror(plan, announce_start(backends.store, plan))
     # Sync in a sync flow; the return type also admits the coroutine of the async form.
@@ -190,9 +184,27 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.
         _await_thumbnails(thumbnails, settings.thumbnail_wait_seconds)
 
-    result = Clips.collect(plan.job_id, clips, time.monotonic() - began)
+    result = _with_totals(Clips.collect(plan.job_id, clips, time.monotonic() - began), backends)
+    outcome = decide_outcome(result, plan.min_success)
+    _report_end(plan, result, outcome, backends.store)
+    tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
+    return result, outcome
+
+
+def _report_end(plan: JobPlan, result: Clips, outcome: Outcome, store: ClipStore) -> None:
+    """The job's final event, and the Prefect table of its clips; neither may fail the clips."""
+    _best_effort("final event", lambda: _mirror(plan, announce_end(store, plan, result, outcome)))
+    table = f"video-clips-{plan.job_id}-table"
+    _best_effort(
+        "clips table",
+        lambda: create_table_artifact(clip_table(result), key=table, description=outcome.message),
+    )
+
+
+def _with_totals(result: Clips, backends: Backends) -> Clips:
+    """The result with the job's spend and its thumbnail links, as far as the store can tell them now."""
     try:
-        spend = backends.work.spend(plan.job_id)
+        spend = backends.work.spend(result.job_id)
         result = result.model_copy(
             update={"spent_this_run": spend.this_run, "spent_all_runs": spend.all_runs}
         )
@@ -202,15 +214,7 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
         result = _with_thumbnails(result, backends.store)
     except Exception:  # noqa: BLE001 - the clips stand without their thumbnail links
         get_run_logger().warning("could not read the thumbnails back; the clips are kept", exc_info=True)
-    outcome = decide_outcome(result, plan.min_success)
-    _best_effort("final event", lambda: _mirror(plan, announce_end(backends.store, plan, result, outcome)))
-    table = f"video-clips-{plan.job_id}-table"
-    _best_effort(
-        "clips table",
-        lambda: create_table_artifact(clip_table(result), key=table, description=outcome.message),
-    )
-    tidy_work_dir(job_work_dir(settings.work_dir, plan), result)
-    return result, outcome
+    return result
 
 
 def _progress(plan: JobPlan, store: ClipStore, clip: Clip, tally: events.Tally) -> None:
