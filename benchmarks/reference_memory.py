@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = 20
 CONCURRENCY = 5
-SIDE = 4096  # clipgen.media.MAX_REFERENCE_PIXELS is 4096 * 4096
+SIDE = 4096  # clipgen.images.MAX_REFERENCE_PIXELS is 4096 * 4096
 FIXED_MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept from rising (see the module's docstring)
 CASES = {
     "one shared PNG (RGBA)": ("PNG", 1, "replicate"),
@@ -104,7 +104,7 @@ def image_step(provider_name: str) -> Callable[[Path], bool]:
 
         replicate = ReplicateProvider(Client(api_token="unused"))
         return lambda path: replicate._image_uri(str(path), "16:9", (1920, 1080)).startswith("data:image/")
-    from clipgen.media import load_image
+    from clipgen.images import load_image
     from clipgen.providers.local import LocalProvider
 
     local = LocalProvider()

@@ -12,12 +12,10 @@ import pytest
 from PIL import Image, ImageChops, ImageDraw, ImageStat
 
 from clipgen.errors import MediaError
+from clipgen.images import encode_image, fit_image, load_image
 from clipgen.media import (
     VideoInfo,
     aspect_ratio_value,
-    encode_image,
-    fit_image,
-    load_image,
     make_thumbnail,
     matches_aspect,
     probe,

@@ -18,8 +18,8 @@ from uuid import uuid4
 import pytest
 from PIL import Image
 
+from clipgen.images import load_image
 from clipgen.job import ClipPrompts, GenerationOptions
-from clipgen.media import load_image
 from clipgen.once import OncePerKey
 from staging.fake_replicate.server import FakeReplicateServer
 from tests.open_counter import OpenCounter, open_counter

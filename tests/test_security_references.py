@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from clipgen.errors import ValidationError
-from clipgen.media import MAX_REFERENCE_PIXELS, load_image
+from clipgen.images import MAX_REFERENCE_PIXELS, load_image
 from clipgen.reference_cache import DAY_S, EVICTION_GRACE_S, CacheBound
 from clipgen.references import ReferencePolicy, reference_resolver, resolve_reference
 from clipgen.stores.local import LocalStore

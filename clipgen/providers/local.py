@@ -6,7 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipgen.media import character_card_size, load_fitted, render_preview
+from clipgen.images import load_fitted
+from clipgen.media import character_card_size, render_preview
 from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, PaidWork, RemoteStatus

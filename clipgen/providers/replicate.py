@@ -56,7 +56,7 @@ from clipgen.errors import (
     TransientError,
 )
 from clipgen.files import atomic_write
-from clipgen.media import encode_image, fit_image, load_image
+from clipgen.images import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
 from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan

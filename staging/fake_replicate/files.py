@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from PIL import Image
 
 from clipgen.errors import MediaError
-from clipgen.media import load_image
+from clipgen.images import load_image
 
 MAX_FILE_BYTES = 100 * 1024 * 1024  # Replicate: "Files must be less than 100MB in size"
 FILE_LIFETIME_S = 24 * 3600
