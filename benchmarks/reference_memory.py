@@ -104,13 +104,14 @@ def image_step(provider_name: str) -> Callable[[Path], bool]:
 
         replicate = ReplicateProvider(Client(api_token="unused"))
         return lambda path: replicate._image_uri(str(path), "16:9", (1920, 1080)).startswith("data:image/")
-    from clipgen.images import load_image
     from clipgen.providers.local import LocalProvider
 
     local = LocalProvider()
     if hasattr(local, "_image"):
         return lambda path: local._image(str(path), (1920, 1080)).size == (1920, 1080)
-    # Before the provider kept its images, each clip decoded its scene whole.
+    # Before the provider kept its images, each clip decoded its scene whole (then in clipgen.media).
+    from clipgen.media import load_image  # type: ignore[attr-defined]
+
     return lambda path: load_image(path).size == (SIDE, SIDE)
 
 
