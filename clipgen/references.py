@@ -46,7 +46,7 @@ from urllib.parse import unquote, urlsplit
 
 from clipgen.errors import MediaError, ValidationError
 from clipgen.files import atomic_write
-from clipgen.media import ImageTooLarge, load_image
+from clipgen.images import ImageTooLarge, load_image
 from clipgen.reference_cache import CacheBound, evict, touch
 from clipgen.reference_fetch import _PinnedTransport as _PinnedTransport  # `x as x`: re-exported
 from clipgen.reference_fetch import address_refusal as address_refusal
