@@ -48,10 +48,7 @@ from clipgen.errors import MediaError, ValidationError
 from clipgen.files import atomic_write
 from clipgen.images import ImageTooLarge, load_image
 from clipgen.reference_cache import CacheBound, evict, touch
-from clipgen.reference_fetch import _PinnedTransport as _PinnedTransport  # `x as x`: re-exported
-from clipgen.reference_fetch import address_refusal as address_refusal
-from clipgen.reference_fetch import download
-from clipgen.reference_fetch import short_ref as short_ref
+from clipgen.reference_fetch import download, short_ref
 from clipgen.reference_objects import STORE_SCHEME, parse_store_reference, read_reference_object
 from clipgen.stores.base import ClipStore
 

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from clipgen.errors import HintTooLong as HintTooLong  # raised by `Slot.ready`; imported from here too
+from clipgen.errors import HintTooLong
 
 log = logging.getLogger(__name__)
 

@@ -139,8 +139,8 @@ def _print_progress(store: ClipStore, job_id: UUID, after: int, stop: threading.
 
 
 def submit(args: argparse.Namespace) -> int:
+    from clipgen.errors import JobBusy
     from clipgen.queueing import queue_of
-    from clipgen.stores.queue import JobBusy
 
     settings = load_settings()
     max_attempts = args.max_attempts if args.max_attempts is not None else settings.queue_max_attempts

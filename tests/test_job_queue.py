@@ -23,11 +23,11 @@ import pytest
 from postgrest.exceptions import APIError
 
 from clipgen.backends import close_quietly, open_store
-from clipgen.errors import GenerationError, QueueError
+from clipgen.errors import GenerationError, JobBusy, QueueError
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipRecord
 from clipgen.stores.local import _MIGRATIONS, DB_FILENAME, SCHEMA_VERSION, LocalStore
-from clipgen.stores.queue import JobBusy, JobQueue, QueuedJob
+from clipgen.stores.queue import JobQueue, QueuedJob
 from supabase import Client, ClientOptions, create_client
 from tests.conftest import SupabaseStack
 from tests.stack.fixtures import SupabaseDb

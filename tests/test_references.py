@@ -29,13 +29,8 @@ from clipgen.errors import ValidationError
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.job_files import MAX_INLINE_DATA_URI_CHARS, read_job
 from clipgen.planning import plan_job
-from clipgen.references import (
-    MAX_IMAGE_BYTES,
-    ReferencePolicy,
-    _PinnedTransport,
-    address_refusal,
-    resolve_reference,
-)
+from clipgen.reference_fetch import _PinnedTransport, address_refusal
+from clipgen.references import MAX_IMAGE_BYTES, ReferencePolicy, resolve_reference
 from clipgen.settings import Settings
 from clipgen.stores.local import LocalStore
 from commands.cli import main

@@ -22,14 +22,14 @@ import httpx
 import pytest
 from replicate.client import Client
 
-from clipgen.errors import PermanentError, TransientError
+from clipgen.errors import HintTooLong, PermanentError, TransientError
 from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.paid_work import JobWork
 from clipgen.planning import ClipPlan, plan_job
 from clipgen.providers.base import Generation
 from clipgen.providers.replicate import ReplicateProvider
 from clipgen.stores.local import LocalStore
-from clipgen.throttle import AdaptiveLimit, HintTooLong, Slot
+from clipgen.throttle import AdaptiveLimit, Slot
 from staging.fake_replicate.server import CreateRequest, FakeReplicateServer, Fault
 
 

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
+from clipgen.errors import JobBusy
 from clipgen.stores.local_db import LocalDatabase, now_text, time_text
 from clipgen.stores.queue import (
     DEFAULT_MAX_ATTEMPTS,
-    JobBusy,
     JobStatus,
     QueuedJob,
     check_enqueue_args,

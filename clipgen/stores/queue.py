@@ -20,8 +20,6 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from clipgen.errors import JobBusy as JobBusy  # the queue's error, defined with the others
-
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
 
 DEFAULT_MAX_ATTEMPTS = 3

@@ -33,6 +33,7 @@ from storage3.types import FileOptions
 
 from clipgen.errors import (
     ConfigurationError,
+    JobBusy,
     PermanentError,
     PublicBucket,
     StoreFailed,
@@ -52,7 +53,6 @@ from clipgen.stores.base import (
 )
 from clipgen.stores.queue import (
     DEFAULT_MAX_ATTEMPTS,
-    JobBusy,
     JobStatus,
     QueuedJob,
     check_enqueue_args,
