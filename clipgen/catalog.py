@@ -1,7 +1,7 @@
 """The seven video models: what each accepts, what it returns, and what it costs.
 
 Facts are copied from the published Replicate input schemas (the fake Replicate API checks inputs against its
-copies in staging/fake_replicate/schemas/); the product reads no schema at run time. docs/models.md lists the
+copies in clipgen/model_schemas/); the product reads no schema at run time. docs/models.md lists the
 models. Where the spec and the schema disagree, the schema wins: Veo 3.1 is discrete (4|6|8 s), Hailuo 2.3 is
 6|10 s, Kling v2.1 has no aspect-ratio input and needs a start image, Kling v2.5 Turbo has no 4:3/3:4.
 

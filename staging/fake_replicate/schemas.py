@@ -148,7 +148,7 @@ def problem_detail(problems: list[InvalidField]) -> str:
 @functools.cache
 def all_schemas() -> tuple[ModelSchema, ...]:
     """Read once, on first use (nothing is loaded at import)."""
-    folder = resources.files("staging.fake_replicate").joinpath("schemas")
+    folder = resources.files("clipgen").joinpath("model_schemas")
     schemas = []
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
         if entry.name.endswith(".json"):
