@@ -53,7 +53,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import FlowRun
 
-from tests.stack.postgres import PostgresCluster, clean_env, die_with_parent, find_pg_bindir, free_port
+from tests.stack.postgres import PostgresCluster, find_pg_bindir
+from tests.stack.service import clean_env, die_with_parent, free_port
 
 __all__ = [
     "ON_DEMAND",

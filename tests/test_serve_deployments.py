@@ -19,7 +19,7 @@ from prefect.settings import PREFECT_API_URL
 from clipgen.job_files import load_job
 from clipgen.stores.local import LocalStore
 from tests.conftest import EXAMPLE_JOB, REPO
-from tests.stack.postgres import die_with_parent
+from tests.stack.service import die_with_parent
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -17,8 +17,9 @@ import pytest
 from postgrest import APIError, APIResponse, SyncPostgrestClient
 
 from tests.stack.fixtures import SupabaseDb, apply_migrations, migration_files, prepare_database
-from tests.stack.postgres import PostgresCluster, clean_env
+from tests.stack.postgres import PostgresCluster
 from tests.stack.postgrest import POSTGREST_VERSION
+from tests.stack.service import clean_env
 
 TABLES = ("clips", "clip_thumbnails", "job_events")
 ALL_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER"

@@ -7,21 +7,18 @@ has its own directory, unix socket and port.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+from tests.stack.service import Launch, ServiceProcess, clean_env, free_port
 
 PG_MAJOR = "15"
 # Supabase's image bootstraps with supabase_admin as the superuser; `postgres` is a demoted role that
@@ -64,35 +61,6 @@ def find_pg_bindir() -> Path | None:
     return None
 
 
-def free_port() -> int:
-    """A port nobody listens on right now. Another process can still take it: callers retry on a clash."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
-    """A preexec_fn asking Linux to send `sig` to the child when the test process dies, even by SIGKILL,
-    so a killed pytest leaves no server behind. It runs after subprocess has switched users, which matters:
-    the kernel clears this setting when credentials change."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
-
-    return preexec
-
-
-def clean_env(prefixes: tuple[str, ...] = ("PG",)) -> dict[str, str]:
-    """The environment without the caller's PG* settings (PGHOST, PGOPTIONS, PGPASSWORD, ...), which
-    libpq would otherwise apply to every connection our servers and psql make."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-
-
 class PostgresCluster:
     """initdb + postgres on a free port, stopped (fast shutdown) and deleted on exit.
 
@@ -111,8 +79,20 @@ class PostgresCluster:
         self.port = 0
         self.password = secrets.token_hex(16)
         self.superuser = SUPERUSER
-        self.root = Path()
-        self._process: subprocess.Popen[bytes] | None = None
+        # SIGINT is a fast shutdown (what `pg_ctl stop -m fast` sends), and the postmaster takes its backends
+        # down with it; then immediate, then SIGKILL, so a stuck server cannot hang the test session.
+        self._service = ServiceProcess(
+            "postgres",
+            prefix="pg-stack-",
+            port_taken=("could not bind", "already in use"),
+            startup_timeout=startup_timeout,
+            die_signal=signal.SIGINT,
+            stop_signals=((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)),
+        )
+
+    @property
+    def root(self) -> Path:
+        return self._service.root
 
     @property
     def socket_dir(self) -> Path:
@@ -124,7 +104,7 @@ class PostgresCluster:
 
     @property
     def log_file(self) -> Path:
-        return self.root / "postgres.log"
+        return self._service.log_file
 
     def dsn(self, user: str | None = None, db: str = "postgres") -> str:
         """A TCP connection URI, e.g. for asyncpg. Every login role shares `password`."""
@@ -164,14 +144,7 @@ class PostgresCluster:
         return result.stdout.strip()
 
     def __enter__(self) -> Self:
-        self.root = Path(tempfile.mkdtemp(prefix="pg-stack-"))
-        try:
-            self._give_to_server_user(self.root)
-            self._initdb()
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        self._service.open(self._launch, self._is_ready, prepare=self._initdb)
         return self
 
     def __exit__(
@@ -181,24 +154,7 @@ class PostgresCluster:
 
     def stop(self) -> None:
         """Stop the server and delete its directory. Safe to call twice."""
-        self._stop_server()
-        if self.root != Path() and self.root.exists():
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.root = Path()
-
-    def _stop_server(self) -> None:
-        """Fast shutdown: SIGINT to the postmaster is what `pg_ctl stop -m fast` sends. Then immediate, then
-        SIGKILL, so a stuck server cannot hang the test session."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGINT, 30.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0)):
-            process.send_signal(sig)
-            try:
-                process.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        self._service.stop()
 
     def _as_server_user(self) -> dict[str, Any]:
         """Popen arguments that run the server binaries as `postgres` when we are root."""
@@ -226,6 +182,7 @@ class PostgresCluster:
             raise RuntimeError(f"{command[0]} failed (exit {result.returncode}):\n{result.stderr}")
 
     def _initdb(self) -> None:
+        self._give_to_server_user(self.root)
         pwfile = self.root / "pwfile"
         pwfile.write_text(self.password + "\n")
         self._give_to_server_user(pwfile)
@@ -250,36 +207,15 @@ class PostgresCluster:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write("\n# tests/stack/postgres.py\n" + settings)
 
-    def _start(self) -> None:
+    def _launch(self) -> Launch:
         # free_port() can race with another session; the loser sees "could not bind" and tries another.
-        for _attempt in range(5):
-            self.port = free_port()
-            self.log_file.write_bytes(b"")
-            self._give_to_server_user(self.log_file)
-            with self.log_file.open("ab") as log:
-                self._process = subprocess.Popen(
-                    [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)],
-                    cwd=self.root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=clean_env(),
-                    # Its own session: a Ctrl-C in the terminal reaches pytest, whose teardown stops it.
-                    start_new_session=True,
-                    # SIGINT is a fast shutdown, and the postmaster takes its backends down with it.
-                    preexec_fn=die_with_parent(signal.SIGINT),
-                    **self._as_server_user(),
-                )
-            if self._wait_ready():
-                return
-            log_text = self.log_file.read_text(errors="replace")
-            if "could not bind" not in log_text and "already in use" not in log_text:
-                break
-        raise RuntimeError(f"postgres did not start; its log:\n{self.log_file.read_text(errors='replace')}")
+        self.port = free_port()
+        self.log_file.write_bytes(b"")
+        self._give_to_server_user(self.log_file)
+        command = [str(self.bindir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        return Launch(command, env=clean_env(), popen=self._as_server_user())
 
-    def _wait_ready(self) -> bool:
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
+    def _is_ready(self) -> bool:
         ready = [
             str(self.bindir / "pg_isready"),
             "--quiet",
@@ -288,12 +224,4 @@ class PostgresCluster:
             f"--username={self.superuser}",
             "--dbname=postgres",
         ]
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                self._process = None
-                return False
-            if subprocess.run(ready, env=clean_env()).returncode == 0:
-                return True
-            time.sleep(0.05)
-        self._stop_server()
-        return False
+        return subprocess.run(ready, env=clean_env()).returncode == 0

@@ -9,19 +9,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import signal
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx
 import jwt
 
-from tests.stack.postgres import clean_env, die_with_parent, free_port
+from tests.stack.service import Launch, ServiceProcess, answers_ok, clean_env, free_port
 
 POSTGREST_VERSION = "12.0.2"
 REPO = Path(__file__).resolve().parents[2]
@@ -82,8 +77,17 @@ class PostgrestServer:
         self.host = "127.0.0.1"
         self.port = 0
         self.admin_port = 0
-        self.root = Path()
-        self._process: subprocess.Popen[bytes] | None = None
+        self._service = ServiceProcess(
+            "PostgREST",
+            prefix="postgrest-stack-",
+            port_taken=["resource busy"],
+            startup_timeout=startup_timeout,
+        )
+
+    @property
+    def root(self) -> Path:
+        """Its directory: the config file and the log."""
+        return self._service.root
 
     @property
     def url(self) -> str:
@@ -97,15 +101,11 @@ class PostgrestServer:
 
     @property
     def log_file(self) -> Path:
-        return self.root / "postgrest.log"
+        return self._service.log_file
 
     def __enter__(self) -> Self:
-        self.root = Path(tempfile.mkdtemp(prefix="postgrest-stack-"))
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        # /ready answers 200 once PostgREST has connected and loaded its schema cache.
+        self._service.open(self._launch, lambda: answers_ok(f"{self.admin_url}/ready"))
         return self
 
     def __exit__(
@@ -115,10 +115,7 @@ class PostgrestServer:
 
     def stop(self) -> None:
         """Terminate, wait, kill if it will not go; then delete the config and log. Safe to call twice."""
-        self._stop_server()
-        if self.root != Path() and self.root.exists():
-            shutil.rmtree(self.root, ignore_errors=True)
-        self.root = Path()
+        self._service.stop()
 
     def _config(self) -> str:
         # Supabase's settings where they matter to clients: the extensions schema on the search path and
@@ -140,56 +137,11 @@ class PostgrestServer:
         }
         return "".join(f"{name} = {_render(value)}\n" for name, value in values.items())
 
-    def _start(self) -> None:
-        # Ports can be taken between free_port() and PostgREST binding them: try again with new ones.
-        for _attempt in range(5):
-            self.port, self.admin_port = free_port(), free_port()
-            config = self.root / "postgrest.conf"
-            config.write_text(self._config())
-            config.chmod(0o600)
-            with self.log_file.open("ab") as log:
-                self._process = subprocess.Popen(
-                    [str(self.binary), str(config)],
-                    cwd=self.root,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    # PGRST_* variables would override the config file; PG* ones would change db-uri.
-                    env=clean_env(),
-                    start_new_session=True,
-                    preexec_fn=die_with_parent(signal.SIGTERM),
-                )
-            if self._wait_ready():
-                return
-            if "resource busy" not in self.log_file.read_text(errors="replace").lower():
-                break
-        raise RuntimeError(f"PostgREST did not start; its log:\n{self.log_file.read_text(errors='replace')}")
-
-    def _wait_ready(self) -> bool:
-        """/ready answers 200 once PostgREST has connected and loaded its schema cache."""
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    self._process = None
-                    return False
-                try:
-                    if client.get(f"{self.admin_url}/ready").status_code == 200:
-                        return True
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-        self._stop_server()
-        return False
-
-    def _stop_server(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    def _launch(self) -> Launch:
+        # Ports can be taken between free_port() and PostgREST binding them: the service tries new ones.
+        self.port, self.admin_port = free_port(), free_port()
+        config = self.root / "postgrest.conf"
+        config.write_text(self._config())
+        config.chmod(0o600)
+        # PGRST_* variables would override the config file; PG* ones would change db-uri.
+        return Launch([str(self.binary), str(config)], env=clean_env())

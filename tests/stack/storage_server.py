@@ -14,7 +14,6 @@ supabase_roles.sql has already made), and it keeps its files in a directory with
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -30,10 +29,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx
-
 from tests.stack.gateway import Operation, RequestRecord, StorageFaults
-from tests.stack.postgres import PostgresCluster, clean_env, die_with_parent, free_port
+from tests.stack.postgres import PostgresCluster
+from tests.stack.service import Launch, ServiceProcess, answers_ok, clean_env, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_SETTING = "SUPABASE_STORAGE_SOURCE"
@@ -134,14 +132,14 @@ def has_user_xattrs(directory: Path) -> bool:
     return True
 
 
-def files_directory() -> Path:
-    """A new directory for the file backend: under the temp dir if it has xattrs (tmpfs often has not),
-    else under .test-services."""
+def xattr_parent() -> Path:
+    """Where the server's directory goes: the temp dir if its files take xattrs (tmpfs often does not), else
+    .test-services (the file backend keeps object metadata in xattrs)."""
     base = Path(tempfile.gettempdir())
     if not has_user_xattrs(base):
         base = BUILDS / "files"
         base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="storage-files-", dir=base))
+    return base
 
 
 class StorageServer:
@@ -159,22 +157,30 @@ class StorageServer:
         self.startup_timeout = startup_timeout
         self.host = "127.0.0.1"
         self.port = 0
-        self.files = Path()
-        self._log: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._service = ServiceProcess(
+            "Supabase Storage",
+            prefix="storage-stack-",
+            port_taken=["EADDRINUSE"],
+            startup_timeout=startup_timeout,
+            # SIGKILL when the tests die: once it has served a request it ignores SIGTERM. For the same reason
+            # stop() waits only briefly after SIGTERM (it logs "Shutdown successfully" and stays up).
+            die_signal=signal.SIGKILL,
+            stop_signals=((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)),
+            probe_interval_s=0.1,
+            tries=3,
+        )
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def files(self) -> Path:
+        """The file backend's directory (Path() when the server is not running)."""
+        return self._service.root / "files" if self._service.root != Path() else Path()
+
     def __enter__(self) -> Self:
-        self.files = files_directory()
-        self._log = self.files.with_name(self.files.name + ".log")
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+        self._service.open(self._launch, self._is_ready, parent=xattr_parent(), prepare=self._make_files)
         return self
 
     def __exit__(
@@ -184,14 +190,21 @@ class StorageServer:
 
     def stop(self) -> None:
         """Stop the server, then delete its files and log. Safe to call twice."""
-        self._stop_server()
-        if self.files != Path():
-            shutil.rmtree(self.files, ignore_errors=True)
-        if self._log is not None:
-            self._log.unlink(missing_ok=True)
+        self._service.stop()
 
     def log_text(self) -> str:
-        return self._log.read_text(errors="replace") if self._log and self._log.exists() else ""
+        return self._service.log_text()
+
+    def _launch(self) -> Launch:
+        # The port can be taken between free_port() and the server binding it: the service tries another.
+        self.port = free_port()
+        return Launch(["node", str(SERVER_SCRIPT)], env=self._env(), cwd=self.app)
+
+    def _make_files(self) -> None:
+        self.files.mkdir()
+
+    def _is_ready(self) -> bool:
+        return answers_ok(f"{self.url}/status")
 
     def _env(self) -> dict[str, str]:
         return {
@@ -209,55 +222,6 @@ class StorageServer:
             "GLOBAL_S3_BUCKET": "stub",
             "UPLOAD_FILE_SIZE_LIMIT": str(500 * 1024 * 1024),
         }
-
-    def _start(self) -> None:
-        assert self._log is not None
-        for _attempt in range(3):  # the port can be taken between free_port() and the server binding it
-            self.port = free_port()
-            with self._log.open("ab") as log:
-                self._process = subprocess.Popen(
-                    ["node", str(SERVER_SCRIPT)],
-                    cwd=self.app,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=self._env(),
-                    start_new_session=True,
-                    # SIGKILL: once it has served a request it ignores SIGTERM (see stop()).
-                    preexec_fn=die_with_parent(signal.SIGKILL),
-                )
-            if self._wait_ready():
-                return
-            if "EADDRINUSE" not in self.log_text():
-                break
-        raise RuntimeError(f"Supabase Storage did not start; its log:\n{self.log_text()[-5000:]}")
-
-    def _wait_ready(self) -> bool:
-        assert self._process is not None
-        deadline = time.monotonic() + self.startup_timeout
-        with httpx.Client(timeout=1.0) as client:
-            while time.monotonic() < deadline:
-                if self._process.poll() is not None:
-                    self._process = None
-                    return False
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{self.url}/status").status_code == 200:
-                        return True
-                time.sleep(0.1)
-        self._stop_server()
-        return False
-
-    def _stop_server(self) -> None:
-        """SIGTERM, then SIGKILL: after serving a request it logs "Shutdown successfully" and stays up."""
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 # --- what tests ask about what the server stored ---------------------------------------------------------
