@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 import httpx
 import pydantic
 import pytest
+from jsonschema import Draft4Validator
 from PIL import Image
 from pydantic.v1 import ValidationError as V1ValidationError
 from replicate.client import Client
@@ -36,7 +37,8 @@ from clipgen.catalog import MODELS
 from clipgen.errors import MediaError
 from clipgen.media import VideoInfo, probe
 from staging.fake_replicate import FakeReplicateServer, Fault
-from staging.fake_replicate.outputs import OutputPlan, RenderCache, plan_output
+from staging.fake_replicate.outputs import OutputPlan, plan_output
+from staging.fake_replicate.renders import RenderCache
 from staging.fake_replicate.schemas import ModelSchema, all_schemas, by_model, fake_version
 
 REPO = Path(__file__).resolve().parent.parent
@@ -907,10 +909,19 @@ def test_schemas_match_the_catalog() -> None:
         else:
             assert found.official
     assert schema("thudm/cogvideox-i2v").version == fake_version("thudm/cogvideox-i2v")
-    known = {"type", "enum", "minimum", "maximum", "nullable", "format", "default", "items", "title"}
+
+
+def test_every_schema_keyword_is_checked_or_only_describes() -> None:
+    """The fake validates with draft 4 plus OpenAPI's `nullable`; the rest only describe an input. A keyword
+    outside both (or a format it cannot check) would be silently ignored, so a new one fails here."""
+    checked = set(Draft4Validator.META_SCHEMA["properties"]) | {"nullable"}
+    describing = {"x-order", "deprecated", "writeOnly", "x-cog-secret"}
+    formats = set()
     for each in all_schemas():
         for prop in each.properties.values():
-            assert set(prop) - {"description", "x-order", "deprecated"} <= known
+            assert set(prop) <= checked | describing, each.model
+            formats |= {prop.get("format"), (prop.get("items") or {}).get("format")}
+    assert formats <= {None, "uri", "password"}
 
 
 def test_renders_are_cached(tmp_path: Path) -> None:

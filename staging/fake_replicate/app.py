@@ -1,5 +1,5 @@
-"""The HTTP API: Replicate's routes as the official client calls them, outputs, and admin routes under
-/_fake for scripting faults and reading what happened from another process."""
+"""The HTTP API: Replicate's routes as the official client calls them (predictions, models, files) and
+outputs; the control routes under /_fake are in `admin.py`."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlencode
 
-import pydantic
-
 # File uploads (`request.form()`) need python-multipart, which comes with the `staging` extra only. Imported
 # here so a missing one fails when the fake is imported (the CLI then says to install the extra), not as an
 # assertion inside starlette at the first upload.
@@ -26,45 +24,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from staging.fake_replicate.admin import add_admin_routes
+from staging.fake_replicate.answers import NOT_FOUND, ApiError, found, invalid, read_json_object
 from staging.fake_replicate.faults import Fault
 from staging.fake_replicate.files import FileTooLarge
-from staging.fake_replicate.schemas import (
-    InvalidField,
-    ModelSchema,
-    by_model,
-    by_version,
-    problem_detail,
-    unknown_field,
-)
+from staging.fake_replicate.openapi import model_json, version_json
+from staging.fake_replicate.schemas import ModelSchema
 from staging.fake_replicate.state import FakeState
+from staging.fake_replicate.validation import InvalidField, unknown_field, validate_input
 from staging.serving import DropConnection
 
-PROBLEM = "application/problem+json"
-NOT_FOUND = "The requested resource could not be found."
+MODEL_NOT_FOUND = "Not found."  # what GET /v1/models/{owner}/{name} says of an unknown model
 _BODY_FIELDS = frozenset({"input", "webhook", "webhook_completed", "webhook_events_filter", "stream"})
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, detail: str, title: str | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.title = status, detail, title
-        self.headers: dict[str, str] = extra.pop("headers", {})
-        self.extra = extra
-
-    def response(self) -> JSONResponse:
-        body: dict[str, Any] = {"detail": self.detail, "status": self.status}
-        if self.title:
-            body["title"] = self.title
-        return JSONResponse(body | self.extra, self.status, headers=self.headers, media_type=PROBLEM)
-
-
-def invalid(problems: list[InvalidField]) -> ApiError:
-    return ApiError(
-        422,
-        problem_detail(problems),
-        "Input validation failed",
-        invalid_fields=[problem.as_json() for problem in problems],
-    )
 
 
 def create_app(state: FakeState) -> FastAPI:
@@ -98,7 +69,7 @@ def create_app(state: FakeState) -> FastAPI:
         arrived = time.monotonic()
         try:
             authorize(request)
-            body = await _json_object(request)
+            body = await read_json_object(request)
             values = body.get("input")
             prompt = str(values.get("prompt", "")) if isinstance(values, dict) else ""
             fault = state.faults.take_create_fault(prompt)
@@ -108,10 +79,10 @@ def create_app(state: FakeState) -> FastAPI:
                 return DropConnection()
             if fault is not None and fault.kind != "reset_after_create":
                 raise _fault_error(fault)
-            schema = _schema_for(body, model)
+            schema = _schema_for(state, body, model)
             problems = _body_problems(body, with_version=model is None)
             if isinstance(values, dict):
-                problems += schema.validate(values)
+                problems += validate_input(schema, values)
             if problems:
                 raise invalid(problems)
             cancel_after = _cancel_after(request.headers.get("cancel-after"))
@@ -166,12 +137,12 @@ def create_app(state: FakeState) -> FastAPI:
     @app.get("/v1/predictions/{prediction_id}")
     async def get_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
         authorize(request)
-        return _found(state.get(prediction_id))
+        return found(state.get(prediction_id))
 
     @app.post("/v1/predictions/{prediction_id}/cancel")
     async def cancel_prediction(prediction_id: str, request: Request) -> dict[str, Any]:
         authorize(request)
-        return _found(state.cancel(prediction_id))
+        return found(state.cancel(prediction_id))
 
     @app.api_route("/_fake/outputs/{name}", methods=["GET", "HEAD"])
     async def output(name: str, request: Request) -> Response:
@@ -182,6 +153,25 @@ def create_app(state: FakeState) -> FastAPI:
         if isinstance(answer, int):
             raise ApiError(answer, "Internal Server Error")
         return FileResponse(answer, media_type="video/mp4")
+
+    # --- models -----------------------------------------------------------------------------------------
+
+    @app.get("/v1/models/{owner}/{name}")
+    async def get_model(owner: str, name: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        schema = state.schemas.by_model(f"{owner}/{name}")
+        if schema is None:
+            raise ApiError(404, MODEL_NOT_FOUND)
+        return model_json(schema)
+
+    @app.get("/v1/models/{owner}/{name}/versions/{version_id}")
+    async def get_version(owner: str, name: str, version_id: str, request: Request) -> dict[str, Any]:
+        authorize(request)
+        # Only the latest version is known: the fake serves one schema per model.
+        schema = state.schemas.by_model(f"{owner}/{name}")
+        if schema is None or schema.version != version_id:
+            raise ApiError(404, MODEL_NOT_FOUND)
+        return version_json(schema)
 
     # --- files ------------------------------------------------------------------------------------------
 
@@ -233,91 +223,20 @@ def create_app(state: FakeState) -> FastAPI:
             raise ApiError(404, "File not found")
         return Response(status_code=204)
 
-    # --- admin (no token: a local test double) ----------------------------------------------------------
-
-    @app.get("/_fake/state")
-    async def read_state() -> dict[str, Any]:
-        return state.snapshot()
-
-    @app.get("/_fake/predictions/{prediction_id}")
-    async def read_prediction(prediction_id: str) -> dict[str, Any]:
-        return _found(state.record(prediction_id))
-
-    @app.get("/_fake/faults")
-    async def read_faults() -> list[dict[str, Any]]:
-        return [fault.model_dump() for fault in state.faults.pending()]
-
-    @app.post("/_fake/faults")
-    async def add_faults(request: Request) -> list[dict[str, Any]]:
-        raw = await _json(request)
-        try:
-            faults = [Fault.model_validate(item) for item in (raw if isinstance(raw, list) else [raw])]
-        except pydantic.ValidationError as exc:
-            raise ApiError(422, str(exc), "Invalid fault") from exc
-        state.faults.add(*faults)
-        return await read_faults()
-
-    @app.delete("/_fake/faults")
-    async def clear_faults() -> list[dict[str, Any]]:
-        state.faults.clear()
-        return []
-
-    @app.post("/_fake/reset")
-    async def reset() -> dict[str, Any]:
-        await run_in_threadpool(state.reset)
-        return state.snapshot()
-
-    @app.patch("/_fake/config")
-    async def configure(request: Request) -> dict[str, Any]:
-        raw = await _json_object(request)
-        if "page_size" in raw:
-            if not isinstance(raw["page_size"], int) or raw["page_size"] < 1:
-                raise ApiError(422, "page_size must be a positive integer")
-            state.page_size = raw["page_size"]
-        for key in ("latency_s", "expire_after_s"):
-            value = raw.get(key, getattr(state, key))
-            if not (value is None and key == "expire_after_s") and not _non_negative(value):
-                raise ApiError(422, f"{key} must be a non-negative number")
-            setattr(state, key, value)
-        return {
-            "latency_s": state.latency_s,
-            "expire_after_s": state.expire_after_s,
-            "page_size": state.page_size,
-        }
-
+    add_admin_routes(app, state)
     return app
 
 
-def _found(value: dict[str, Any] | None) -> dict[str, Any]:
-    if value is None:
-        raise ApiError(404, NOT_FOUND)
-    return value
-
-
-async def _json(request: Request) -> Any:
-    try:
-        return json.loads(await request.body() or b"null")
-    except ValueError as exc:
-        raise ApiError(400, f"Request body is not valid JSON: {exc}", "Bad request") from exc
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    body = await _json(request)
-    if not isinstance(body, dict):
-        raise invalid([InvalidField("invalid_type", "", "Invalid type. Expected: object")])
-    return body
-
-
-def _schema_for(body: dict[str, Any], model: str | None) -> ModelSchema:
+def _schema_for(state: FakeState, body: dict[str, Any], model: str | None) -> ModelSchema:
     if model is not None:
-        schema = by_model(model)
+        schema = state.schemas.by_model(model)
         if schema is None or not schema.official:
             raise ApiError(404, NOT_FOUND)
         return schema
     version = body.get("version")
     if not isinstance(version, str) or not version:
         raise invalid([InvalidField("required", "", "version is required")])
-    schema = by_version(version)
+    schema = state.schemas.by_version(version)
     if schema is None:
         detail = "The specified version does not exist (or perhaps you don't have permission to use it?)"
         raise ApiError(422, f"{detail}: {version}", "Invalid version or not permitted")
@@ -390,7 +309,3 @@ def _epoch(value: str | None) -> float | None:
     except ValueError as exc:
         raise ApiError(400, f"not a date-time: {value!r}", "Bad request") from exc
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def _non_negative(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0

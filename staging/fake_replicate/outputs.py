@@ -1,38 +1,34 @@
-"""What each model would deliver (size, frame count, frame rate) and a cache of rendered stand-ins.
+"""What a model would deliver for an input (size, frame count, frame rate), and the inputs it refuses when it
+runs although its schema allows them.
 
-The shape rules follow the models' documentation and, for Stable Video Diffusion, the sizing code of
-replicate/cog-svd (sizes floored to multiples of 64; ffmpeg writes the frames at frames_per_second + 1).
+Any model gets the generic rule, read from its input values with defaults filled in: the shape from
+`aspect_ratio` ("W:H", "landscape"/"portrait"), else `size` ("1280*720"), else the first image's shape, else
+16:9; the short side from `resolution`/`quality` ("720p", "4k"), else 720; the length from `duration` or
+`seconds`, or `num_frames` at `fps`/`frames_per_second` (24 unless given), else 5 s. Models whose real
+behaviour differs have rules of their own: those that follow their image whatever the aspect ratio says
+(Kling, Hailuo, Seedance 1), Hailuo's 25 fps, Kling's mode as resolution, and Stable Video Diffusion's sizing
+as replicate/cog-svd does it (sizes floored to multiples of 64; ffmpeg writes the frames at
+frames_per_second + 1).
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import os
-import shutil
-import tempfile
-import threading
+import re
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from staging.fake_replicate.schemas import ModelSchema
 
-from clipgen.media import render_preview
-
-_TEXT_16_9 = {"16:9": (16, 9), "9:16": (9, 16), "1:1": (1, 1)}
-# The input whose image sets the output's shape (and is rendered as its scene), per model.
-SCENE_FIELDS: dict[str, tuple[str, ...]] = {
-    "kwaivgi/kling-v2.1": ("start_image",),
-    "kwaivgi/kling-v2.5-turbo-pro": ("start_image", "image"),
-    "minimax/hailuo-2.3": ("first_frame_image",),
-    "wan-video/wan-2.5-i2v": ("image",),
-    "google/veo-3.1": ("image",),
-    "google/veo-3.1-fast": ("image",),
-    "stability-ai/stable-video-diffusion": ("input_image",),
-    "thudm/cogvideox-i2v": ("image",),
-    "cuuupid/cogvideox-5b": (),
-}
+Size = tuple[int, int]
+DEFAULT_FPS, DEFAULT_SECONDS, DEFAULT_SHORT_SIDE = 24, 5, 720
+_NAMED_RATIOS = {"landscape": (16, 9), "portrait": (9, 16)}
+_NAMED_SHORT_SIDES = {"2k": 1440, "4k": 2160, "8k": 4320}
+KLING_MODES = {"standard": 720, "pro": 1080, "4k": 2160}
+# Models whose output takes the first image's shape even when an aspect_ratio is sent (their schemas say
+# "Ignored if start_image is provided" / "if an image is used"; Hailuo has no aspect_ratio at all).
+FOLLOWS_IMAGE = ("kwaivgi/kling-", "minimax/hailuo-", "bytedance/seedance-1")
+COGVIDEOX = frozenset({"cuuupid/cogvideox-5b", "thudm/cogvideox-i2v"})
+SVD = "stability-ai/stable-video-diffusion"
 SVD_MAX_W, SVD_MAX_H = 1024, 576
 
 
@@ -55,36 +51,116 @@ class OutputPlan:
         return replace(self, frames=max(1, self.frames // 2))
 
 
-def plan_output(model: str, values: dict[str, Any], image_size: tuple[int, int] | None) -> OutputPlan:
+def scene_fields(schema: ModelSchema) -> tuple[str, ...]:
+    """The inputs whose image sets the output's shape (and is rendered as its scene), in order of
+    preference: the first-frame inputs, then the first reference image."""
+    arrays = [name for name in schema.image_fields() if schema.properties[name].get("type") == "array"]
+    return (*schema.first_frame_fields(), *(f"{name}.0" for name in arrays))
+
+
+def plan_output(model: str, values: dict[str, Any], image_size: Size | None) -> OutputPlan:
     """`values` is the input with the schema's defaults filled in; `image_size` that of the scene image."""
-    if model == "kwaivgi/kling-v2.1":
-        return _timed(_short_side(_need(image_size), 1080 if values["mode"] == "pro" else 720), values, 24)
-    if model == "kwaivgi/kling-v2.5-turbo-pro":
-        if image_size is not None:
-            return _timed(_short_side(image_size, 1080), values, 24)
-        return _timed(_ratio_size(values["aspect_ratio"], 1080), values, 24)
-    if model == "minimax/hailuo-2.3":
-        short = 1080 if values["resolution"] == "1080p" else 768
-        size = _short_side(image_size, short) if image_size else _ratio_size("16:9", short)
-        return _timed(size, values, 25)
-    if model == "wan-video/wan-2.5-i2v":
-        return _timed(_short_side(_need(image_size), int(values["resolution"].rstrip("p"))), values, 24)
-    if model in ("google/veo-3.1", "google/veo-3.1-fast"):
-        return _timed(_ratio_size(values["aspect_ratio"], int(values["resolution"].rstrip("p"))), values, 24)
-    if model == "stability-ai/stable-video-diffusion":
+    if model == SVD:
         frames = 25 if values["video_length"] == "25_frames_with_svd_xt" else 14
         width, height = _svd_size(values["sizing_strategy"], _need(image_size))
         return OutputPlan(width, height, frames, values["frames_per_second"] + 1)
-    if model in ("cuuupid/cogvideox-5b", "thudm/cogvideox-i2v"):
+    if model in COGVIDEOX:
         return OutputPlan(720, 480, 49, 8)
-    raise PlanError(f"no output rule for {model}")
+    follows = model.startswith(FOLLOWS_IMAGE)
+    if model.startswith("kwaivgi/kling-"):
+        short = KLING_MODES.get(str(values.get("mode")), 1080)
+        return generic_plan(values, image_size, follows_image=True, short=short)
+    if model.startswith("minimax/hailuo-"):
+        return generic_plan(values, image_size, follows_image=True, fps=25)
+    plan = generic_plan(values, image_size, follows_image=follows)
+    if model == "openai/sora-2" and image_size is not None:
+        _same_ratio("input_reference", image_size, (plan.width, plan.height))
+    return plan
 
 
-def _timed(size: tuple[int, int], values: dict[str, Any], fps: int) -> OutputPlan:
-    return OutputPlan(size[0], size[1], int(values["duration"]) * fps, fps)
+def generic_plan(
+    values: dict[str, Any],
+    image_size: Size | None,
+    *,
+    follows_image: bool = False,
+    short: int | None = None,
+    fps: int | None = None,
+) -> OutputPlan:
+    """The clip any model makes from its input (see the module's docstring)."""
+    short = short or _short_side_asked(values)
+    asked_fps = _positive(values.get("fps")) or _positive(values.get("frames_per_second"))
+    fps = fps or round(asked_fps or DEFAULT_FPS)
+    ratio = _ratio(values.get("aspect_ratio"))
+    exact = _exact_size(values.get("size"))
+    if follows_image and image_size is not None:
+        width, height = _short_side(image_size, short)
+    elif ratio is not None:
+        width, height = _short_side(ratio, short)
+    elif exact is not None:
+        width, height = exact
+    else:
+        width, height = _short_side(image_size or (16, 9), short)
+    return OutputPlan(width, height, _frames(values, fps), fps)
 
 
-def _need(image_size: tuple[int, int] | None) -> tuple[int, int]:
+def _frames(values: dict[str, Any], fps: int) -> int:
+    for key in ("duration", "seconds"):
+        seconds = _positive(values.get(key))
+        if seconds:
+            return max(1, round(seconds * fps))
+    frames = _positive(values.get("num_frames"))
+    if frames:
+        return int(frames)
+    # Nothing asked (or seedance's -1, "the model picks"): the fake picks 5 s.
+    return DEFAULT_SECONDS * fps
+
+
+def _positive(value: object) -> float | None:
+    """A positive number from a number or a string such as "5" or "5s"; None otherwise."""
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*s?\s*", value)
+        value = float(match[1]) if match else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _short_side_asked(values: dict[str, Any]) -> int:
+    for key in ("resolution", "quality"):
+        value = values.get(key)
+        if isinstance(value, str):
+            text = value.strip().lower()
+            match = re.fullmatch(r"(\d+)p", text)
+            if match:
+                return int(match[1])
+            if text in _NAMED_SHORT_SIDES:
+                return _NAMED_SHORT_SIDES[text]
+    return DEFAULT_SHORT_SIDE
+
+
+def _ratio(value: object) -> Size | None:
+    if not isinstance(value, str):
+        return None
+    if value in _NAMED_RATIOS:
+        return _NAMED_RATIOS[value]
+    match = re.fullmatch(r"(\d+):(\d+)", value.strip())
+    return (int(match[1]), int(match[2])) if match and int(match[1]) and int(match[2]) else None
+
+
+def _exact_size(value: object) -> Size | None:
+    match = re.fullmatch(r"\s*(\d+)\s*[*x×]\s*(\d+)\s*", value) if isinstance(value, str) else None
+    return (_even(int(match[1])), _even(int(match[2]))) if match else None
+
+
+def _same_ratio(field: str, image: Size, video: Size) -> None:
+    if abs(image[0] / image[1] - video[0] / video[1]) > 0.02:
+        raise PlanError(
+            f"Invalid input: {field} must have the video's aspect ratio ({video[0]}x{video[1]}), "
+            f"not {image[0]}x{image[1]}"
+        )
+
+
+def _need(image_size: Size | None) -> Size:
     if image_size is None:
         raise PlanError("this model needs an input image")
     return image_size
@@ -94,7 +170,7 @@ def _even(value: float) -> int:
     return max(2, 2 * round(value / 2))
 
 
-def _short_side(size: tuple[int, int], short: int) -> tuple[int, int]:
+def _short_side(size: Size, short: int) -> Size:
     """The image's aspect ratio with its shorter side at `short`; the longer side rounded to even."""
     width, height = size
     if width >= height:
@@ -102,12 +178,7 @@ def _short_side(size: tuple[int, int], short: int) -> tuple[int, int]:
     return short, _even(short * height / width)
 
 
-def _ratio_size(aspect_ratio: str, short: int) -> tuple[int, int]:
-    ratio_w, ratio_h = _TEXT_16_9[aspect_ratio]
-    return _short_side((ratio_w, ratio_h), short)
-
-
-def _svd_size(strategy: str, size: tuple[int, int]) -> tuple[int, int]:
+def _svd_size(strategy: str, size: Size) -> Size:
     width, height = size
     if strategy == "crop_to_16_9":
         return SVD_MAX_W, SVD_MAX_H
@@ -134,55 +205,3 @@ def _svd_size(strategy: str, size: tuple[int, int]) -> tuple[int, int]:
     if width <= 0 or height <= 0:
         raise PlanError(f"input image is too small: {size[0]}x{size[1]} leaves no 64-pixel block")
     return width, height
-
-
-# --- rendering ------------------------------------------------------------------------------------------
-
-
-class RenderCache:
-    """Rendered stand-in clips, keyed by shape, frame count, frame rate and scene image. Thread-safe: each
-    key renders once even when several predictions want it at the same time, and at most a CPU's worth of
-    renders run at once so a burst of predictions does not thrash."""
-
-    def __init__(self, folder: Path, max_parallel: int | None = None) -> None:
-        self.folder = folder
-        self._lock = threading.Lock()
-        self._key_locks: dict[str, threading.Lock] = {}
-        self._slots = threading.BoundedSemaphore(max_parallel or os.cpu_count() or 2)
-
-    def render(self, plan: OutputPlan, scene: Image.Image | None, scene_key: str | None) -> Path:
-        name = f"{plan.width}x{plan.height}-{plan.frames}f-{plan.fps}fps-{scene_key or 'text'}.mp4"
-        path = self.folder / name
-        with self._lock:
-            key_lock = self._key_locks.setdefault(name, threading.Lock())
-        with key_lock:
-            if not path.exists():
-                with self._slots:
-                    # The frame shows the clip's shape rather than the prompt: a cached clip serves many
-                    # prompts, and the shape is what a staging run wants to see anyway.
-                    label = f"{plan.width}x{plan.height} · {plan.frames} frames at {plan.fps} fps"
-                    render_preview(
-                        path,
-                        width=plan.width,
-                        height=plan.height,
-                        duration=plan.duration,
-                        fps=plan.fps,
-                        prompt=label,
-                        scene_image=scene,
-                        caption="FAKE REPLICATE",
-                    )
-        return path
-
-
-@functools.cache
-def shared_cache() -> RenderCache:
-    """One cache per process, made on first use and removed at exit: every fake server shares it."""
-    folder = Path(tempfile.mkdtemp(prefix="fake-replicate-renders-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    return RenderCache(folder)
-
-
-def write_corrupt(dest: Path, size: int = 64 * 1024) -> None:
-    """Bytes that start like an MP4 (an `ftyp` box) and then are garbage: no decoder can play them."""
-    header = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
-    dest.write_bytes(header + b"\xde\xad\xbe\xef" * ((size - len(header)) // 4))

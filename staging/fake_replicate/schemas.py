@@ -1,11 +1,9 @@
-"""The models the fake knows, from their published input schemas (the JSON files beside this module), and
-input validation that answers like Replicate's API does.
+"""The models the fake knows, from their published input schemas: the product's own files
+(`clipgen/model_schemas/`), a folder of extra ones over them, or one posted at run time.
 
-Replicate validates `input` with a Go JSON-schema library before it creates anything; its 422 lists one
-`- <field>: <description>` line per problem, and `invalid_fields` holds the same as objects. The messages
-here follow that library's wording. Two deliberate differences: unknown input fields are refused (Replicate
-usually drops them silently, which would hide a misspelt field in our own requests), and an integer input
-must be a JSON integer, not 5.0.
+The file format is Replicate's input schema with enums written inline, plus `model`, `version` (null: a
+stable made-up one) and `output`; the fake also reads an optional `is_official` (default: every model but
+the community ones below) and `description`. Other keys (notes, sources, pricing...) are ignored.
 """
 
 from __future__ import annotations
@@ -13,41 +11,28 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import re
-from collections.abc import Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-# Community models run a pinned version through POST /v1/predictions; the models endpoint only serves
-# official models and answers 404 for these, as Replicate does.
+import jsonschema
+
+# Community models run a pinned version through POST /v1/predictions; the model's predictions endpoint only
+# serves official models and answers 404 for these, as Replicate does.
 COMMUNITY_MODELS = frozenset(
     {"stability-ai/stable-video-diffusion", "cuuupid/cogvideox-5b", "thudm/cogvideox-i2v"}
 )
-IMAGE_FIELDS = frozenset(
-    {"start_image", "end_image", "image", "first_frame_image", "input_image", "last_frame"}
-    | {"reference_images"}
-)
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION = re.compile(r"^[0-9a-f]{64}$")
-_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-    "string": lambda v: isinstance(v, str),
-    "boolean": lambda v: isinstance(v, bool),
-    "array": lambda v: isinstance(v, list),
-    "object": lambda v: isinstance(v, dict),
-}
+# uri inputs that are not images: the fake does not fetch these (wan's `audio`, seedance's references).
+_NOT_IMAGE = re.compile(r"audio|video")
 
 
-@dataclass(frozen=True)
-class InvalidField:
-    type: str
-    field: str
-    description: str
-
-    def as_json(self) -> dict[str, str]:
-        return {"type": self.type, "field": self.field, "description": self.description}
+class SchemaFileError(ValueError):
+    """A schema in the file format that the fake cannot serve (the message names what is wrong)."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +41,9 @@ class ModelSchema:
     version: str
     required: tuple[str, ...]
     properties: dict[str, dict[str, Any]]
-
-    @property
-    def official(self) -> bool:
-        return self.model not in COMMUNITY_MODELS
+    official: bool = True
+    output: Mapping[str, Any] | None = None
+    description: str | None = None
 
     def with_defaults(self, values: dict[str, Any]) -> dict[str, Any]:
         """The input as the model sees it: schema defaults filled in where a field was not sent."""
@@ -68,136 +52,107 @@ class ModelSchema:
         return filled
 
     def image_fields(self) -> tuple[str, ...]:
+        """The inputs that take an image: a uri, or an array of uris, unless the name says audio/video."""
         return tuple(
-            name
-            for name, prop in self.properties.items()
-            if name in IMAGE_FIELDS and (prop.get("format") == "uri" or prop.get("type") == "array")
+            name for name, prop in self.properties.items() if _is_uri(prop) and not _NOT_IMAGE.search(name)
         )
 
-    def validate(self, values: dict[str, Any]) -> list[InvalidField]:
-        problems = [
-            InvalidField("required", "input", f"{name} is required")
-            for name in self.required
-            if name not in values
-        ]
-        problems += [unknown_field("input", name) for name in values if name not in self.properties]
-        for name, value in values.items():
-            if name in self.properties:
-                problems += _check(f"input.{name}", name, self.properties[name], value)
-        return problems
+    def first_frame_fields(self) -> tuple[str, ...]:
+        """Single image inputs that are not the last frame, in schema order: the first one sent is the
+        image a model animates (`image`, `start_image`, `first_frame_image`, `input_reference`...)."""
+        return tuple(
+            name
+            for name in self.image_fields()
+            if self.properties[name].get("type") != "array" and not re.search(r"last|end", name)
+        )
 
 
-def unknown_field(field: str, name: str) -> InvalidField:
-    description = f"Additional property {name} is not allowed"
-    return InvalidField("additional_property_not_allowed", field, description)
+def _is_uri(prop: dict[str, Any]) -> bool:
+    items = prop.get("items")
+    if prop.get("type") == "array" and isinstance(items, dict):
+        return _is_uri(items)
+    return prop.get("type") == "string" and prop.get("format") == "uri"
 
 
-def _check(field: str, name: str, prop: dict[str, Any], value: Any) -> list[InvalidField]:
-    expected = prop.get("type")
-    if value is None:
-        if prop.get("nullable"):
-            return []
-        return [InvalidField("invalid_type", field, f"Invalid type. Expected: {expected}, given: null")]
-    if isinstance(expected, str) and not _TYPE_CHECKS[expected](value):
-        given = _json_type(value)
-        return [InvalidField("invalid_type", field, f"Invalid type. Expected: {expected}, given: {given}")]
-    if "enum" in prop and value not in prop["enum"]:
-        allowed = ", ".join(json.dumps(option) for option in prop["enum"])
-        return [InvalidField("enum", field, f"{name} must be one of the following: {allowed}")]
-    problems: list[InvalidField] = []
-    if "minimum" in prop and value < prop["minimum"]:
-        minimum = prop["minimum"]
-        problems.append(InvalidField("number_gte", field, f"Must be greater than or equal to {minimum}"))
-    if "maximum" in prop and value > prop["maximum"]:
-        maximum = prop["maximum"]
-        problems.append(InvalidField("number_lte", field, f"Must be less than or equal to {maximum}"))
-    if prop.get("format") == "uri" and not _is_uri(value):
-        problems.append(InvalidField("format", field, "Does not match format 'uri'"))
-    if isinstance(value, list) and isinstance(prop.get("items"), dict):
-        for index, item in enumerate(value):
-            problems += _check(f"{field}.{index}", str(index), prop["items"], item)
-    return problems
+def read_schema(raw: object, origin: str = "schema") -> ModelSchema:
+    """A schema in the file format, checked enough that serving it and validating with it cannot fail."""
+    if not isinstance(raw, dict):
+        raise SchemaFileError(f"{origin}: not a JSON object")
+    model, version = raw.get("model"), raw.get("version")
+    if not isinstance(model, str) or not _MODEL.match(model):
+        raise SchemaFileError(f"{origin}: `model` must be owner/name, not {model!r}")
+    if version is not None and not (isinstance(version, str) and _VERSION.match(version)):
+        raise SchemaFileError(f"{origin}: `version` must be 64 lowercase hex digits or null")
+    properties, required = raw.get("properties"), raw.get("required", [])
+    if not isinstance(properties, dict) or not all(isinstance(p, dict) for p in properties.values()):
+        raise SchemaFileError(f"{origin}: `properties` must map each input to its schema")
+    if not isinstance(required, list) or not set(required) <= set(properties):
+        raise SchemaFileError(f"{origin}: `required` must list inputs named in `properties`")
+    try:
+        jsonschema.Draft4Validator.check_schema({"type": "object", "properties": properties})
+    except jsonschema.SchemaError as exc:
+        raise SchemaFileError(f"{origin}: input {'.'.join(map(str, exc.path))}: {exc.message}") from exc
+    official = raw.get("is_official", model not in COMMUNITY_MODELS)
+    description = raw.get("description")
+    return ModelSchema(
+        model=model,
+        version=version or fake_version(model),
+        required=tuple(required),
+        properties=properties,
+        official=bool(official),
+        output=raw.get("output") or {"type": "string", "format": "uri", "title": "Output"},
+        description=description if isinstance(description, str) else None,
+    )
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "null"
+def read_folder(folder: Path) -> tuple[ModelSchema, ...]:
+    """Every `*.json` schema file of a folder, by file name."""
+    if not folder.is_dir():
+        raise SchemaFileError(f"{folder}: not a folder")
+    return tuple(
+        _read_file(path.name, path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))
+    )
 
 
-def _is_uri(value: str) -> bool:
-    """What Replicate can fetch: an http(s) URL with a host, or a data: URI."""
-    return bool(re.match(r"^https?://[^/?#\s]+", value)) or value.startswith("data:")
-
-
-def problem_detail(problems: list[InvalidField]) -> str:
-    return "".join(f"- {problem.field or '(root)'}: {problem.description}\n" for problem in problems)
-
-
-# --- the schema files -----------------------------------------------------------------------------------
+def _read_file(name: str, text: str) -> ModelSchema:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise SchemaFileError(f"{name}: not JSON ({exc})") from exc
+    return read_schema(raw, name)
 
 
 @functools.cache
 def all_schemas() -> tuple[ModelSchema, ...]:
-    """Read once, on first use (nothing is loaded at import)."""
+    """The built-in schemas, read once on first use (nothing is loaded at import)."""
     folder = resources.files("clipgen").joinpath("model_schemas")
-    schemas = []
-    for entry in sorted(folder.iterdir(), key=lambda item: item.name):
-        if entry.name.endswith(".json"):
-            raw = json.loads(entry.read_text(encoding="utf-8"))
-            schemas.append(
-                ModelSchema(
-                    model=raw["model"],
-                    # thudm/cogvideox-i2v has no known version id: give it a stable made-up one.
-                    version=raw["version"] or fake_version(raw["model"]),
-                    required=tuple(raw.get("required", ())),
-                    properties=raw["properties"],
-                )
-            )
-    return tuple(schemas)
+    entries = sorted(
+        (entry for entry in folder.iterdir() if entry.name.endswith(".json")), key=lambda e: e.name
+    )
+    return tuple(_read_file(entry.name, entry.read_text(encoding="utf-8")) for entry in entries)
 
 
 def fake_version(model: str) -> str:
+    """A stable made-up version id, for a model whose real one is not known."""
     return hashlib.sha256(f"fake-replicate:{model}".encode()).hexdigest()
 
 
 def by_model(model: str) -> ModelSchema | None:
+    """A built-in schema by model name."""
     return next((schema for schema in all_schemas() if schema.model == model), None)
 
 
-def by_version(reference: str) -> ModelSchema | None:
+def find_version(schemas: Iterable[ModelSchema], reference: str) -> ModelSchema | None:
     """A `version` as POST /v1/predictions takes it: `<64 hex>`, `owner/name:<64 hex>`, or `owner/name`
     (official models only)."""
+    held = list(schemas)
     model, _, version = reference.rpartition(":") if ":" in reference else ("", "", reference)
     if not model and "/" in version:
-        schema = by_model(version)
+        schema = next((schema for schema in held if schema.model == version), None)
         return schema if schema is not None and schema.official else None
     if not _VERSION.match(version):
         return None
-    schema = next((schema for schema in all_schemas() if schema.version == version), None)
+    schema = next((schema for schema in held if schema.version == version), None)
     if schema is None or (model and schema.model != model):
         return None
     return schema
-
-
-def rule_violation(model: str, values: dict[str, Any]) -> str | None:
-    """Combinations the schema allows but the model refuses when it runs (the prediction then fails).
-    `values` is the input with defaults filled in."""
-    if model == "minimax/hailuo-2.3" and values["resolution"] == "1080p" and values["duration"] != 6:
-        return "Invalid input: 1080p supports only a 6-second duration; 10 s videos are 768p only."
-    if model == "google/veo-3.1" and values.get("reference_images"):
-        if len(values["reference_images"]) > 3:
-            return "Invalid input: at most 3 reference_images are supported."
-        if values["aspect_ratio"] != "16:9" or values["duration"] != 8:
-            return "Invalid input: reference_images only work at a 16:9 aspect ratio and 8 s duration."
-    if model == "kwaivgi/kling-v2.1" and values.get("end_image") and values["mode"] != "pro":
-        return "Invalid input: end_image is only supported in pro mode."
-    return None

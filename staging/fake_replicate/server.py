@@ -3,6 +3,7 @@ offline staging (`serve`, behind `video-generator fake-replicate`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -10,7 +11,9 @@ import uvicorn
 
 from staging.fake_replicate.app import create_app
 from staging.fake_replicate.faults import Fault
-from staging.fake_replicate.outputs import RenderCache
+from staging.fake_replicate.openapi import model_json
+from staging.fake_replicate.renders import RenderCache
+from staging.fake_replicate.schemas import ModelSchema, read_schema
 from staging.fake_replicate.state import CreateRequest, FakeState
 from staging.serving import ResettableH11Protocol, ServerThread
 
@@ -37,7 +40,9 @@ class FakeReplicateServer:
             ...
             assert fake.creates == 1 and fake.max_in_flight <= 5
 
-    `token=None` accepts any token (one must still be sent). `port=0` picks a free port.
+    `token=None` accepts any token (one must still be sent). `port=0` picks a free port. `schemas_dir`
+    holds extra model schemas in the file format of `clipgen/model_schemas/` (one with the `model` of a
+    built-in one replaces it); `add_schema` adds or replaces one while running.
     """
 
     def __init__(
@@ -49,8 +54,10 @@ class FakeReplicateServer:
         host: str = "127.0.0.1",
         expire_after_s: float | None = None,
         cache: RenderCache | None = None,
+        schemas_dir: str | Path | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._schemas_dir = Path(schemas_dir) if schemas_dir is not None else None
         self._token, self._latency_s, self._cache = token, latency_s, cache
         self._expire_after_s = expire_after_s
         self._state: FakeState | None = None
@@ -68,7 +75,9 @@ class FakeReplicateServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("already started")
-        state = FakeState(token=self._token, latency_s=self._latency_s, cache=self._cache)
+        state = FakeState(
+            token=self._token, latency_s=self._latency_s, cache=self._cache, schemas_dir=self._schemas_dir
+        )
         state.expire_after_s = self._expire_after_s
         self._state = state
         self._server = ServerThread(create_app(state), host=self.host, port=self.port, name="fake-replicate")
@@ -100,6 +109,17 @@ class FakeReplicateServer:
         if self._state is None:
             raise RuntimeError("the fake Replicate server is not running")
         return self._state
+
+    def add_schema(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Serve a model from a schema in the file format (as POST /_fake/schemas does); returns the model
+        as GET /v1/models/{owner}/{name} now answers it."""
+        schema: ModelSchema = read_schema(raw)
+        self.state.schemas.add(schema)
+        return model_json(schema)
+
+    def restore_schemas(self) -> None:
+        """Serve the schemas the server started with again (built-ins and `schemas_dir`)."""
+        self.state.schemas.restore()
 
     def add_fault(self, *faults: Fault) -> None:
         self.state.faults.add(*faults)
@@ -190,15 +210,24 @@ class FakeReplicateServer:
         self.state.expire_after_s = value
 
     def reset(self) -> None:
-        """Forget predictions, files, faults and counters."""
+        """Forget predictions, files, faults and counters; restore the schemas it started with."""
         self.state.reset()
 
 
 def serve(
-    host: str, port: int, *, token: str | None, latency_s: float, expire_after_s: float | None = None
+    host: str,
+    port: int,
+    *,
+    token: str | None,
+    latency_s: float,
+    expire_after_s: float | None = None,
+    schemas_dir: Path | None = None,
 ) -> None:
-    """Serve the fake in the foreground until Ctrl-C or SIGTERM, then return normally."""
-    state = FakeState(token=token, latency_s=latency_s, expire_after_s=expire_after_s)
+    """Serve the fake in the foreground until Ctrl-C or SIGTERM, then return normally. A bad schema file in
+    `schemas_dir` raises SchemaFileError before anything is served."""
+    state = FakeState(
+        token=token, latency_s=latency_s, expire_after_s=expire_after_s, schemas_dir=schemas_dir
+    )
     try:
         uvicorn.Server(_config(state, host=host, port=port, log_level="info")).run()
     except KeyboardInterrupt:

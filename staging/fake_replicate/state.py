@@ -20,15 +20,11 @@ from PIL import Image
 
 from staging.fake_replicate.faults import Fault, FaultBook
 from staging.fake_replicate.files import FileStore, InputImageError, iso, new_id
-from staging.fake_replicate.outputs import (
-    SCENE_FIELDS,
-    PlanError,
-    RenderCache,
-    plan_output,
-    shared_cache,
-    write_corrupt,
-)
-from staging.fake_replicate.schemas import ModelSchema, rule_violation
+from staging.fake_replicate.outputs import PlanError, plan_output, scene_fields
+from staging.fake_replicate.registry import SchemaBook
+from staging.fake_replicate.renders import RenderCache, shared_cache, write_corrupt
+from staging.fake_replicate.rules import rule_violation
+from staging.fake_replicate.schemas import ModelSchema
 
 log = logging.getLogger(__name__)
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
@@ -81,8 +77,10 @@ class FakeState:
         latency_s: float = 0.2,
         expire_after_s: float | None = None,
         cache: RenderCache | None = None,
+        schemas_dir: Path | None = None,
     ) -> None:
         self.token = token
+        self.schemas = SchemaBook(schemas_dir)
         self.latency_s = latency_s
         self.expire_after_s = expire_after_s
         self.page_size = LIST_PAGE_SIZE
@@ -310,8 +308,7 @@ class FakeState:
             for index, uri in enumerate(uris):
                 key = f"{name}.{index}" if isinstance(value, list) else name
                 images[key] = self.files.read_image(key, uri, self._scratch)
-        scene_names = [*SCENE_FIELDS.get(prediction.schema.model, ()), "reference_images.0"]
-        scene = next((images[name] for name in scene_names if name in images), None)
+        scene = next((images[name] for name in scene_fields(prediction.schema) if name in images), None)
         if scene is None:
             return None, None, None
         return scene[0], scene[1], scene[0].size
@@ -408,7 +405,8 @@ class FakeState:
     # --- reset and shutdown -----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Forget every prediction, file, fault and count (running workers are stopped)."""
+        """Forget every prediction, file, fault and count (running workers are stopped), and serve the
+        schemas the fake started with."""
         with self._lock:
             for prediction in self._predictions.values():
                 # Ended without touching the counters, which start again from zero.
@@ -419,6 +417,7 @@ class FakeState:
             self._reset_counters()
         self.faults.clear()
         self.files.clear()
+        self.schemas.restore()
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop every worker, wait for them, remove the files."""
