@@ -10,7 +10,7 @@ PREFECT_API_URL to use a Prefect server of your own).
         [--concurrency N] [--min-success N] [--max-attempts N]
     video-generator setup-prefect [--work-pool NAME] [--prediction-limit N]
     video-generator serve [--host H] [--port P] [--insecure-no-token]
-    video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T]
+    video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T] [--schemas DIR]
 
     video-generator [--verbose] COMMAND ...   # --verbose: Prefect's logs, and the traceback of a failure
 
@@ -161,6 +161,13 @@ def _add_fake_replicate(commands: argparse._SubParsersAction[argparse.ArgumentPa
     fake.add_argument("--port", type=int, default=8787)
     fake.add_argument("--latency", type=float, default=2.0, help="seconds each prediction takes (default 2)")
     fake.add_argument("--token", help="accept only this API token (default: any)")
+    fake.add_argument(
+        "--schemas",
+        type=Path,
+        metavar="DIR",
+        help="extra model schemas (*.json, the format of clipgen/model_schemas/); one with a built-in "
+        "model's name replaces it",
+    )
     fake.set_defaults(command=services.fake_replicate)
 
 

@@ -73,14 +73,20 @@ def _is_loopback_host(host: str) -> bool:
 
 def fake_replicate(args: argparse.Namespace) -> int:
     try:
+        from staging.fake_replicate.schemas import SchemaFileError, read_folder
         from staging.fake_replicate.server import serve as serve_fake
     except ModuleNotFoundError as exc:
         if exc.name not in STAGING_EXTRA_MODULES:
             raise  # a missing module of our own is a bug, not a missing extra
         print(INSTALL_STAGING, file=sys.stderr)
         return EXIT_INVALID
+    if args.schemas is not None:
+        try:
+            read_folder(args.schemas)  # refused before the banner, with the file named
+        except SchemaFileError as exc:
+            raise ValidationError.one("--schemas", str(exc)) from exc
     print(
         f"fake Replicate API on http://{args.host}:{args.port} (REPLICATE_BASE_URL=http://{args.host}:{args.port})"
     )
-    serve_fake(args.host, args.port, token=args.token, latency_s=args.latency)
+    serve_fake(args.host, args.port, token=args.token, latency_s=args.latency, schemas_dir=args.schemas)
     return EXIT_OK
