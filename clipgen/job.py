@@ -298,6 +298,15 @@ class GenerationOptions(BaseModel):
         title="Budget (USD)",
         json_schema_extra=_branch_titles(number="USD", null="No budget"),
     )
+    price_per_second_usd: float | None = Field(
+        None,
+        gt=0,
+        le=10,
+        description="What a model with no known price costs per second of video; a budget needs it for such "
+        "a model (`owner/name` models and the catalog models marked price unknown).",
+        title="Price per second (USD)",
+        json_schema_extra=_branch_titles(number="USD", null="Known price"),
+    )
     retry_failed: bool = Field(
         False,
         description="Pay again for clips that failed for good in an earlier run of the same plan (content "

@@ -13,10 +13,12 @@ from uuid import UUID
 import pydantic
 from pydantic import BaseModel, Field
 
-from clipgen.catalog import MODELS, ModelSpec
+from clipgen.catalog import MODELS, spec_for
 from clipgen.errors import ClipShapeMismatch, ClipTooShort, Problem, ValidationError
 from clipgen.job import ClipPrompt, ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect
+from clipgen.model_schema import InputSchema
+from clipgen.model_spec import ModelSpec, UnusableModel
 
 ACCEPT_SHORTFALL_S = 2.0
 """A clip is accepted when it is at least this much shorter than the prompt's target, or longer."""
@@ -45,6 +47,9 @@ class ClipPlan(BaseModel):
     character_images: list[str] = Field(default_factory=list)
     object_images: list[str] = Field(default_factory=list)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    model_schema: dict[str, Any] | None = Field(
+        None, description="The input schema of a model outside the catalog, as planned with."
+    )
 
     @property
     def min_duration(self) -> float:
@@ -59,6 +64,7 @@ class JobPlan(BaseModel):
     min_success: int = Field(description="Successes needed: options.min_success capped at the clip count.")
     concurrency: int
     estimated_cost: float
+    price_known: bool = Field(True, description="False when the model has no known price (estimate $0).")
     budget_usd: float | None = Field(
         None, description="No paid request once spent + committed would pass it."
     )
@@ -73,11 +79,31 @@ def requested_duration(spec: ModelSpec, target: float, buffer: float) -> float:
     return min(max(round(target * buffer, 3), low), high)
 
 
-def option_problems(options: GenerationOptions) -> list[Problem]:
-    spec = MODELS.get(options.model)
-    if spec is None:
+def model_spec(options: GenerationOptions, schema: InputSchema | None = None) -> ModelSpec:
+    """The spec for `options.model`: a catalog key, or `owner/name` with its published `schema`.
+    ValidationError naming options.model when neither fits."""
+    if options.model in MODELS:
+        return MODELS[options.model]
+    if schema is None or schema.model != options.model:
+        raise ValidationError.one(
+            "options.model",
+            f"unknown model {options.model!r}; choose one of: {', '.join(MODELS)}, or any Replicate video "
+            "model as owner/name",
+        )
+    try:
+        return spec_for(schema.model, schema.as_json())
+    except UnusableModel as exc:
+        raise ValidationError.one("options.model", f"{exc}; it cannot be planned safely") from exc
+
+
+def option_problems(options: GenerationOptions, spec: ModelSpec) -> list[Problem]:
+    if options.budget_usd is not None and not spec.price_known and options.price_per_second_usd is None:
         return [
-            Problem("options.model", f"unknown model {options.model!r}; choose one of: {', '.join(MODELS)}")
+            Problem(
+                "options.budget_usd",
+                f"{spec.key} has no known price, so a budget cannot be kept; give "
+                "options.price_per_second_usd (what the model costs per second), or leave the budget out",
+            )
         ]
     if options.aspect_ratio not in spec.aspect_ratios:
         return [
@@ -139,12 +165,15 @@ def clip_problems(position: int, prompt: ClipPrompt, spec: ModelSpec, aspect_rat
     return problems
 
 
-def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) -> JobPlan:
-    """Check the whole job and build its plan, or raise ValidationError listing every problem."""
-    problems = option_problems(options)
+def plan_job(
+    job: ClipPrompts, options: GenerationOptions, resolve: Resolver, schema: InputSchema | None = None
+) -> JobPlan:
+    """Check the whole job and build its plan, or raise ValidationError listing every problem. `schema` is
+    the published input schema of a model outside the catalog (`options.model` = owner/name)."""
+    spec = model_spec(options, schema)
+    problems = option_problems(options, spec)
     if problems:
         raise ValidationError(problems)
-    spec = MODELS[options.model]
     for position, prompt in enumerate(job.clip_prompts):
         problems += clip_problems(position, prompt, spec, options.aspect_ratio)
     if problems:
@@ -174,6 +203,7 @@ def plan_job(job: ClipPrompts, options: GenerationOptions, resolve: Resolver) ->
         min_success=min(options.min_success, len(clips)),
         concurrency=options.concurrency,
         estimated_cost=estimate,
+        price_known=spec.price_known or options.price_per_second_usd is not None,
         budget_usd=options.budget_usd,
     )
 
@@ -195,8 +225,9 @@ def _clip_plan(
         target_duration=prompt.duration,
         requested_duration=seconds,
         timeout_s=options.clip_timeout_s or spec.timeout_s,
-        estimated_cost=spec.cost(seconds),
+        estimated_cost=spec.cost(seconds, options.price_per_second_usd),
         metadata=prompt.metadata,
+        model_schema=None if spec.in_catalog else spec.schema.as_json(),
         **images,
     )
 

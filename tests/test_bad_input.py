@@ -525,13 +525,15 @@ def api_cases(draw: st.DrawFn, mode: Mode | None = None, target: str = "") -> Ca
             [0, -1, 3600.5, math.nan, math.inf, "soon"],
         ),
         ("duration_buffer", st.floats(1.0, 2.0), [0.99, 2.01, math.nan, -math.inf, None]),
-        ("budget_usd", st.none() | st.floats(1000, 1e9), [0, -1, math.nan, math.inf, "lots"]),
+        ("budget_usd", _budgets(spec), [0, -1, math.nan, math.inf, "lots"]),
     ]
     for key, valid, invalid in numeric:
         if d.breaking(key, "options", *(["plan"] if key == "budget_usd" else [])):
             choices: list[tuple[Any, Level, str]] = [(v, "options", f"{key} {v!r}") for v in invalid]
             if key == "budget_usd":
                 choices.append((0.01, "plan", "budget below the estimate"))
+                if spec is not None and not spec.price_known:
+                    choices.append((5000.0, "plan", f"{spec.key} has no known price for a budget"))
             options[key] = d.bad(f"options.{key}", choices)
         elif d(st.booleans()):
             options[key] = d(valid)
@@ -550,6 +552,13 @@ def api_cases(draw: st.DrawFn, mode: Mode | None = None, target: str = "") -> Ca
         case.row_job_id = uuid.uuid4()
         d.broke("job_id", "row", "the queued row's job_id differs")
     return case
+
+
+def _budgets(spec: ModelSpec | None) -> st.SearchStrategy[Any]:
+    """Budgets a plan accepts: any large one, but only none for a model with no known price."""
+    if spec is not None and not spec.price_known:
+        return st.none()
+    return st.none() | st.floats(1000, 1e9)
 
 
 def _job(d: Draw, spec: ModelSpec | None, ratio: str) -> Case:
