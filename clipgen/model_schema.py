@@ -21,8 +21,10 @@ import jsonschema
 from clipgen.errors import Problem
 
 _URL = re.compile(r"^https?://[^/?#\s]+")
+# The keywords an input keeps: what validation and drift read (titles and descriptions are left out).
 _KEPT: tuple[str, ...] = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-_KEPT += ("maxLength", "minLength", "pattern", "format", "items", "default", "nullable", "minItems", "maxItems")
+_KEPT += ("maxLength", "minLength", "pattern", "format", "items", "default", "nullable")
+_KEPT += ("minItems", "maxItems")
 
 
 @dataclass(frozen=True)
