@@ -47,9 +47,36 @@ def build_request(plan: ClipPlan, image_uri: ImageToUri) -> ModelRequest:
     return ModelRequest(model=spec.replicate_model, version=spec.version, input=inputs, notes=notes)
 
 
-def request_problems(spec: ModelSpec, request: ModelRequest) -> list[Problem]:
-    """What the model's API would refuse in the request, by its published schema."""
-    return spec.schema.problems(request.input)
+PLACEHOLDER_URI = "https://example.invalid/reference.png"
+"""Stands in for an image's URI when a request is built only to be checked (nothing is uploaded)."""
+_JOB_FIELDS = {
+    "prompt": "prompt",
+    "negative_prompt": "negative_prompt",
+    "duration": "duration",
+    "frames": "duration",
+    "first_image": "scene_reference_url",
+}
+
+
+def request_problems(plan: ClipPlan, position: int) -> list[Problem]:
+    """What the model's published schema refuses in the request this clip would send, before any paid call.
+    Each problem names the job field that fills the input, or the option that chose the model."""
+    spec = spec_for(plan.model, plan.model_schema)
+    request = build_request(plan, lambda *_: PLACEHOLDER_URI)
+    by_input = {name: role for role in _JOB_FIELDS if (name := getattr(spec.roles, role))}
+    problems = []
+    for problem in spec.schema.problems(request.input):
+        name = problem.field.removeprefix("input.")
+        if name in by_input:
+            where = f"clip_prompts[{position}].{_JOB_FIELDS[by_input[name]]}"
+        else:
+            where = (
+                "options.aspect_ratio"
+                if name in (spec.roles.aspect_ratio, spec.roles.size)
+                else "options.model"
+            )
+        problems.append(Problem(where, f"{spec.replicate_model}'s input {name} {problem.message}"))
+    return problems
 
 
 def svd_frames_per_second(requested: float) -> int:

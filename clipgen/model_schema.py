@@ -83,7 +83,7 @@ class InputSchema:
     def problems(self, values: Mapping[str, Any]) -> list[Problem]:
         """Everything the model's API would refuse in `values`, each naming `input.<name>`."""
         problems = [
-            Problem(f"input.{name}", "is required by the model and the request has no value for it")
+            Problem(f"input.{name}", "is required by the model and nothing in the job fills it")
             for name in self.required
             if values.get(name) is None
         ]

@@ -17,6 +17,7 @@ from clipgen.catalog import MODELS, spec_for
 from clipgen.errors import ClipShapeMismatch, ClipTooShort, Problem, ValidationError
 from clipgen.job import ClipPrompt, ClipPrompts, GenerationOptions
 from clipgen.media import matches_aspect
+from clipgen.model_inputs import request_problems
 from clipgen.model_schema import InputSchema
 from clipgen.model_spec import ModelSpec, UnusableModel
 
@@ -146,6 +147,14 @@ def clip_problems(position: int, prompt: ClipPrompt, spec: ModelSpec, aspect_rat
                 f"{spec.key} has no negative prompt; leave it empty or choose another model",
             )
         )
+    if prompt.scene_reference_url is not None and not spec.in_catalog and not spec.roles.first_image:
+        problems.append(
+            Problem(
+                f"{where}.scene_reference_url",
+                f"{spec.key} takes no start image (its inputs: {', '.join(spec.schema.properties)}); "
+                "leave it out or choose another model",
+            )
+        )
     if prompt.scene_reference_url is None:
         if spec.requires_image:
             problems.append(
@@ -185,6 +194,8 @@ def plan_job(
         images, image_problems = _resolve_images(position, prompt, resolve, resolved)
         problems += image_problems
         clips.append(_clip_plan(job, prompt, spec, options, images))
+        if not problems:
+            problems += request_problems(clips[-1], position)
     estimate = round(sum(clip.estimated_cost for clip in clips), 4)
     if options.budget_usd is not None and estimate > options.budget_usd:
         problems.append(
