@@ -26,6 +26,7 @@ import clipgen
 from clipgen.media import VideoInfo, probe
 from staging.fake_replicate import FakeReplicateServer
 from staging.fake_replicate.openapi import to_openapi
+from staging.fake_replicate.outputs import OutputPlan, generic_plan, plan_output
 from staging.fake_replicate.schemas import ModelSchema, by_model, fake_version
 
 TOKEN = "models-token"
@@ -562,3 +563,91 @@ def test_every_schema_renders_at_16_9_and_9_16_with_and_without_an_image(
         transport.close()
     ran = {portrait for portrait, _, _ in runs}
     assert ran == {False, True} or model == "cuuupid/cogvideox-5b"
+
+
+# --- the rules of the newer models ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "values", "image", "expected"),
+    [
+        ("kwaivgi/kling-v3-video", {"mode": "4k", "duration": 15}, None, (3840, 2160, 360, 24)),
+        ("kwaivgi/kling-v3-video", {"aspect_ratio": "16:9"}, (600, 800), (1080, 1440, 120, 24)),
+        ("kwaivgi/kling-v2.6", {"aspect_ratio": "1:1"}, None, (1080, 1080, 120, 24)),
+        ("minimax/hailuo-02", {"resolution": "512p"}, (800, 600), (682, 512, 150, 25)),
+        ("minimax/hailuo-2.3-fast", {"duration": 10}, (720, 1280), (768, 1366, 250, 25)),
+        ("bytedance/seedance-1-pro", {"aspect_ratio": "21:9"}, (600, 800), (1080, 1440, 120, 24)),
+        ("bytedance/seedance-1-lite", {"aspect_ratio": "21:9"}, None, (1680, 720, 120, 24)),
+        (
+            "bytedance/seedance-2.0",
+            {"aspect_ratio": "adaptive", "duration": -1},
+            (800, 600),
+            (960, 720, 120, 24),
+        ),
+        ("bytedance/seedance-2.0", {"aspect_ratio": "adaptive", "duration": 12}, None, (1280, 720, 288, 24)),
+        ("openai/sora-2", {}, None, (720, 1280, 96, 24)),  # portrait by default
+        ("openai/sora-2", {"aspect_ratio": "landscape", "seconds": 12}, None, (1280, 720, 288, 24)),
+        (
+            "pixverse/pixverse-v5",
+            {"quality": "1080p", "aspect_ratio": "1:1", "duration": 8},
+            None,
+            (1080, 1080, 192, 24),
+        ),
+        ("luma/ray-2-720p", {"aspect_ratio": "9:21", "duration": 9}, None, (720, 1680, 216, 24)),
+        ("wan-video/wan-2.5-t2v", {"size": "1080*1920", "duration": 10}, None, (1080, 1920, 240, 24)),
+        ("google/veo-3.1-lite", {"aspect_ratio": "9:16", "resolution": "1080p"}, None, (1080, 1920, 192, 24)),
+    ],
+)
+def test_the_newer_models_output_rules(
+    model: str, values: dict[str, Any], image: tuple[int, int] | None, expected: tuple[int, int, int, int]
+) -> None:
+    schema = by_model(model)
+    assert schema is not None
+    assert plan_output(model, schema.with_defaults(values), image) == OutputPlan(*expected)
+
+
+def test_a_model_without_any_size_or_length_input_makes_5_s_at_16_9_720p() -> None:
+    assert generic_plan({}, None) == OutputPlan(1280, 720, 120, 24)
+    assert generic_plan({"duration": "6s", "resolution": "4K"}, (9, 16)) == OutputPlan(2160, 3840, 144, 24)
+    assert generic_plan({"num_frames": 81, "fps": 16, "size": "832x480"}, None) == OutputPlan(
+        832, 480, 81, 16
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "values", "error"),
+    [
+        (
+            "minimax/hailuo-2.3-fast",
+            {"first_frame_image": LANDSCAPE_IMAGE, "resolution": "1080p", "duration": 10},
+            "6-second",
+        ),
+        ("minimax/hailuo-02", {"duration": 10}, "6-second"),  # 1080p by default
+        ("google/veo-3.1-lite", {"resolution": "1080p", "duration": 4}, "must be 8"),
+        ("openai/sora-2", {"aspect_ratio": "landscape", "input_reference": PORTRAIT_IMAGE}, "aspect ratio"),
+        (
+            "bytedance/seedance-2.0",
+            {"image": LANDSCAPE_IMAGE, "reference_images": [LANDSCAPE_IMAGE]},
+            "cannot be combined",
+        ),
+        (
+            "bytedance/seedance-2.0",
+            {"reference_audios": ["https://example.com/a.mp3"]},
+            "need an image or video",
+        ),
+        (
+            "bytedance/seedance-1-lite",
+            {"reference_images": [LANDSCAPE_IMAGE], "resolution": "1080p"},
+            "1080p",
+        ),
+    ],
+)
+def test_inputs_a_newer_model_refuses_when_it_runs_fail_the_prediction(
+    published: FakeReplicateServer, model: str, values: dict[str, Any], error: str
+) -> None:
+    client, transport = make_client(published)
+    try:
+        done = wait(client, client.models.predictions.create(model=model, input={"prompt": "x"} | values))
+    finally:
+        transport.close()
+    assert done.status == "failed" and error in (done.error or ""), done.error
