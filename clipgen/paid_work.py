@@ -1,4 +1,6 @@
 """Paid work has one owner: this module. It alone decides what is created, adopted, settled or canceled.
+Two parts of it have modules of their own: the clip's lease (clipgen/clip_lease.py) and the plan's
+fingerprint that ledger rows, stored clips and kept files are matched by (clipgen/plan_fingerprint.py).
 
 Every paid request is a row of the job's prediction ledger (the store's `clip_predictions`) from before it
 is sent until it ends, and its status only moves forward through one state machine
@@ -15,24 +17,23 @@ is sent until it ends, and its status only moves forward through one state machi
 - A run cancels only predictions that it made, or that earlier runs left, and that no live lease of
   another run holds.
 
-Retries here (clipgen.retrying; budgets in tasks/__init__.py): a cancel, and a ledger write the store has not
-already retried (the local store's SQLite), a few tries in place.
+Retries here (clipgen.retrying; budgets in tasks/__init__.py): a cancel and a ledger write, a few tries in
+place even inside a clip attempt, because the clip task's retry cannot stand in for them.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from uuid import UUID, uuid4
 
+from clipgen.clip_lease import ClipLease, held_elsewhere
 from clipgen.errors import BudgetExceeded, ClipTakenOver, RunStopped, StoreError, TransientError
+from clipgen.plan_fingerprint import plan_fingerprint
 from clipgen.planning import ClipPlan
 from clipgen.prediction_states import ADOPTABLE, NOT_BILLED, billed, committed, ended_status, moved
 from clipgen.providers.base import Intent, RemoteStatus, VideoProvider
@@ -43,33 +44,6 @@ log = logging.getLogger(__name__)
 
 LEDGER_WRITE_ATTEMPTS = 3
 CANCEL_ATTEMPTS = 3
-
-
-def plan_fingerprint(plan: ClipPlan, provider: str) -> str:
-    """What the clip depends on, the provider included: a preview never stands in for a paid clip, nor a
-    rerun with other settings reuses a clip or adopts its predictions.
-
-    Images count by content, not by path: a run on another worker must recognise the same plan.
-    """
-    keys = {"model", "prompt", "negative_prompt", "aspect_ratio", "width", "height", "requested_duration"}
-    digest = hashlib.sha256(plan.model_dump_json(include=keys).encode())
-    digest.update(provider.encode())
-    for image in (plan.scene_image, *plan.character_images, *plan.object_images):
-        if image:
-            digest.update(_file_digest(Path(image)))
-    return digest.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> bytes:
-    # Cached by path, size and modification time: cached references are named by content, but a file
-    # reference allowed on the worker is read in place, and a changed file must not reuse the old clips.
-    stat = path.stat()
-    return _digest_of(path, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=256)
-def _digest_of(path: Path, size: int, mtime_ns: int) -> bytes:
-    return hashlib.sha256(path.read_bytes()).digest()
 
 
 @dataclass(frozen=True)
@@ -108,7 +82,7 @@ class JobWork:
             p
             for p in self._ledger(plans[0].job_id if plans else None)
             if p.status in ADOPTABLE
-            and not self._held_elsewhere(clips.get(p.clip_index))
+            and not held_elsewhere(clips.get(p.clip_index), self.owner)
             and (p.clip_index in stored or fingerprints.get(p.clip_index) != p.plan_fingerprint)
         ]
         return self._stop_all(stale, "no clip of this job will use it", keep_succeeded=False)
@@ -123,7 +97,7 @@ class JobWork:
             p
             for p in self._ledger(job_id)
             if p.status == "created"
-            and not self._held_elsewhere(clips.get(p.clip_index))
+            and not held_elsewhere(clips.get(p.clip_index), self.owner)
             and (p.run_id == self.owner or _before(p.created_at, run_started))
         ]
         return self._stop_all(left, "the run ended without using it", keep_succeeded=True)
@@ -141,14 +115,6 @@ class JobWork:
 
     def _clips(self, job_id: UUID) -> dict[int, ClipRecord]:
         return {record.clip_index: record for record in self.store.clip_records(job_id)}
-
-    def _held_elsewhere(self, record: ClipRecord | None) -> bool:
-        return bool(
-            record
-            and record.lease_owner not in (None, self.owner)
-            and record.lease_expires_at is not None
-            and record.lease_expires_at > datetime.now(UTC)
-        )
 
     def _stop_all(
         self, predictions: list[PredictionRecord], reason: str, keep_succeeded: bool
@@ -186,6 +152,7 @@ class JobWork:
             lambda: self.provider.cancel(prediction_id),
             retry_on=lambda exc: True,
             tries=CANCEL_ATTEMPTS,
+            task_cannot_redo=True,  # a later attempt does not cancel what this one left running
         )
 
 
@@ -204,10 +171,10 @@ class ClipWork:
         self.job, self.plan, self.fingerprint = job, plan, fingerprint
         self._rows: dict[str, PredictionRecord] = {}
         self._known: frozenset[str] = frozenset()
-        self._lost = threading.Event()
+        self._lease = ClipLease(job.store, plan, job.owner, job.lease_seconds, job.stop)
         self._lock = threading.Lock()
 
-    # --- the lease ----------------------------------------------------------------------------------
+    # --- the lease (clipgen.clip_lease) ----------------------------------------------------------------
 
     @contextmanager
     def hold(self, keep_for: Callable[[BaseException], bool] = lambda exc: False) -> Iterator[None]:
@@ -217,62 +184,17 @@ class ClipWork:
         After an error `keep_for` accepts (one this run will retry), the lease is kept, unrenewed, for the
         retry to take again: between attempts the clip and its predictions stay this run's.
         """
-        self._take_lease()
-        self._lost.clear()
-        done = threading.Event()
-        keeper = threading.Thread(target=self._keep_lease, args=(done,), daemon=True)
-        keeper.start()
-        keep = False
-        try:
+        with self._lease.held(keep_for):
             self.check()  # a run told to stop starts no clip
             self.refresh()
             yield
-        except BaseException as exc:
-            keep = keep_for(exc)
-            raise
-        finally:
-            done.set()
-            keeper.join()
-            if not keep:
-                self._release_lease()
-
-    def _take_lease(self) -> None:
-        store, plan, job = self.job.store, self.plan, self.job
-        waited = False
-        while not store.take_clip_lease(
-            plan.job_id, plan.clip_index, job.owner, job.lease_seconds, plan.model
-        ):
-            if not waited:
-                log.info("clip %d is being worked by another run; waiting for it", plan.clip_index)
-                waited = True
-            if job.stop.wait(min(2.0, max(0.2, job.lease_seconds / 20))):
-                raise RunStopped(f"the run was stopped while clip {plan.clip_index} waited for another run")
-
-    def _keep_lease(self, done: threading.Event) -> None:
-        plan, job = self.plan, self.job
-        while not done.wait(job.lease_seconds / 3):
-            try:
-                held = job.store.renew_clip_lease(plan.job_id, plan.clip_index, job.owner, job.lease_seconds)
-            except Exception:
-                log.warning("could not renew the lease on clip %d", plan.clip_index, exc_info=True)
-                continue
-            if not held:
-                log.error("lost the lease on clip %d; another run may take it over", plan.clip_index)
-                self._lost.set()
-                return
-
-    def _release_lease(self) -> None:
-        try:
-            self.job.store.release_clip_lease(self.plan.job_id, self.plan.clip_index, self.job.owner)
-        except Exception:
-            log.warning("could not release the lease on clip %d", self.plan.clip_index, exc_info=True)
 
     def check(self) -> None:
         if self.job.stop.is_set():
             raise RunStopped(
                 f"the run was told to stop; clip {self.plan.clip_index} is left to the run that took over"
             )
-        if self._lost.is_set():
+        if self._lease.lost.is_set():
             raise ClipTakenOver(f"another run took clip {self.plan.clip_index} over")
 
     # --- what the ledger and the clip's row say -------------------------------------------------------
@@ -463,12 +385,13 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _with_retries(what: str, write: Callable[[], object]) -> None:
-    """A ledger write, tried again a few times: losing it could mean paying twice. A StoreError is not: the
-    store has already spent its own tries on it (stores/supabase.py)."""
+    """A ledger write, tried again a few times even inside a clip attempt: losing it could mean paying twice.
+    The store sends its request once per try here (clipgen/retrying.py); one it refused is not tried again."""
     retried(
         what,
         write,
-        retry_on=lambda exc: not isinstance(exc, StoreError),
+        retry_on=lambda exc: not isinstance(exc, StoreError) or isinstance(exc, TransientError),
         tries=LEDGER_WRITE_ATTEMPTS,
         first_delay_s=0.2,
+        task_cannot_redo=True,
     )

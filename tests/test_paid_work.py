@@ -19,8 +19,9 @@ import replicate
 from clipgen.backends import register_store
 from clipgen.job import ClipPrompts, Clips, GenerationOptions
 from clipgen.model_inputs import build_request
-from clipgen.paid_work import JobWork, plan_fingerprint
+from clipgen.paid_work import JobWork
 from clipgen.pipeline import Attempt, produce_clip
+from clipgen.plan_fingerprint import plan_fingerprint
 from clipgen.planning import ClipPlan, plan_job
 from clipgen.prediction_states import IllegalTransition, advance, ended_status, reachable
 from clipgen.providers.replicate import ReplicateProvider

@@ -3,8 +3,8 @@
 What is counted is the real thing: every `open` of the image file in this process during a real flow run
 (`sys.addaudithook`; Pillow opens a path with the builtin `open`, which raises the event). Per job, planning
 verifies a file reference once, the plan's fingerprint reads its bytes (once per version of the file and
-process: `clipgen.paid_work._file_digest`) and the provider decodes it once per size for the run. So a job
-of six clips sharing one scene opens its scene as often as a job of two opens its own.
+process: `clipgen.plan_fingerprint._file_digest`) and the provider decodes it once per size for the run. So
+a job of six clips sharing one scene opens its scene as often as a job of two opens its own.
 """
 
 from __future__ import annotations
