@@ -58,6 +58,7 @@ from clipgen.errors import (
 from clipgen.files import atomic_write
 from clipgen.images import encode_image, fit_image, load_image
 from clipgen.model_inputs import ModelRequest, build_request
+from clipgen.model_schema import InputSchema
 from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
@@ -194,6 +195,16 @@ class ReplicateProvider:
                 **notes,
             },
         )
+
+    def model_schema(self, model: str) -> InputSchema:
+        """The model's latest published input schema (`GET /v1/models/{owner}/{name}`), read as plain JSON.
+        A read that may pass (429, 5xx, no answer) is tried again in place: no run has started yet."""
+        body = retried(
+            f"reading {model}'s schema",
+            lambda: self._call("GET", f"/v1/models/{model}"),
+            retry_on=lambda exc: isinstance(exc, TransientError),
+        )
+        return InputSchema.from_model_response(body)
 
     def cancel(self, prediction_id: str) -> RemoteStatus | None:
         """Cancel a prediction we no longer want (a no-op on Replicate's side for one that has ended)."""

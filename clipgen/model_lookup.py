@@ -1,0 +1,94 @@
+"""The schema a job's model is planned with, and the check that a catalog model has not drifted from its own.
+
+This module owns reading live schemas for a run: a model outside the catalog (`owner/name`) is planned with
+the schema kept for its job in the store (so a rerun plans with the same one), else with the schema the
+provider reads from Replicate, which is then kept. A catalog model is compared with its live schema at the
+start of a paid run: a change that breaks its mapping refuses the job before anything is paid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Protocol
+from uuid import UUID
+
+from clipgen.catalog import MODELS
+from clipgen.errors import NotFound, ValidationError
+from clipgen.model_schema import InputSchema, compare, schema_file_stem
+from clipgen.model_spec import ModelSpec
+from clipgen.stores.base import REFERENCE_BUCKET, ClipStore
+
+log = logging.getLogger(__name__)
+
+SCHEMA_FOLDER = "model-schemas"
+
+
+class SchemaSource(Protocol):
+    """Where live schemas come from: the Replicate provider (`GET /v1/models/{owner}/{name}`)."""
+
+    def model_schema(self, model: str) -> InputSchema:
+        """The model's latest published input schema. NotFound when Replicate has no such model."""
+        ...
+
+
+def schema_object_path(job_id: UUID, model: str) -> str:
+    return f"{SCHEMA_FOLDER}/{job_id}/{schema_file_stem(model)}.json"
+
+
+def schema_for_job(
+    model: str, job_id: UUID, store: ClipStore, source: SchemaSource | None
+) -> InputSchema | None:
+    """None for a catalog key. For `owner/name`: the schema kept for this job, else the live one (kept now).
+    ValidationError naming options.model when there is neither."""
+    if model in MODELS:
+        return None
+    path = schema_object_path(job_id, model)
+    if store.has_object(REFERENCE_BUCKET, path):
+        return _read_kept(store, path)
+    if source is None:
+        raise ValidationError.one(
+            "options.model",
+            f"{model} is not in the catalog and its schema is read from Replicate: use the replicate "
+            "provider (REPLICATE_API_TOKEN), or a catalog model",
+        )
+    try:
+        schema = source.model_schema(model)
+    except NotFound as exc:
+        raise ValidationError.one("options.model", f"Replicate has no model {model}") from exc
+    _keep(store, path, schema)
+    return schema
+
+
+def _read_kept(store: ClipStore, path: str) -> InputSchema:
+    with tempfile.TemporaryDirectory(prefix="model-schema-") as folder:
+        dest = Path(folder) / "schema.json"
+        store.read_object(REFERENCE_BUCKET, path, dest)
+        return InputSchema.from_file(json.loads(dest.read_text(encoding="utf-8")))
+
+
+def _keep(store: ClipStore, path: str, schema: InputSchema) -> None:
+    with tempfile.TemporaryDirectory(prefix="model-schema-") as folder:
+        source = Path(folder) / "schema.json"
+        source.write_text(json.dumps(schema.as_json(), sort_keys=True), encoding="utf-8")
+        store.put_object(REFERENCE_BUCKET, path, source, "application/json")
+
+
+def check_drift(spec: ModelSpec, source: SchemaSource) -> tuple[str, ...]:
+    """Compare a catalog model's live schema with the one its mapping was built from. Breaking changes
+    raise ValidationError naming options.model; the harmless ones are returned (and logged)."""
+    live = source.model_schema(spec.replicate_model)
+    sent = {*spec.roles.names(), *spec.fixed}
+    changes = compare(spec.schema, live, sent)
+    if changes.breaking:
+        raise ValidationError.one(
+            "options.model",
+            f"{spec.replicate_model} changed its published input schema in a way {spec.key} cannot follow: "
+            f"{'; '.join(changes.breaking)}. Nothing was paid; choose another model until the catalog is "
+            "updated",
+        )
+    if changes.harmless:
+        log.info("%s: harmless changes to its input schema: %s", spec.key, "; ".join(changes.harmless))
+    return changes.harmless
