@@ -12,13 +12,15 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
+from clipgen.backends import close_quietly, open_provider, open_store
 from clipgen.catalog import MODELS
 from clipgen.errors import NotFound, ValidationError
 from clipgen.model_schema import InputSchema, compare, schema_file_stem
 from clipgen.model_spec import ModelSpec
+from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET, ClipStore
 
 log = logging.getLogger(__name__)
@@ -26,12 +28,35 @@ log = logging.getLogger(__name__)
 SCHEMA_FOLDER = "model-schemas"
 
 
+@runtime_checkable
 class SchemaSource(Protocol):
     """Where live schemas come from: the Replicate provider (`GET /v1/models/{owner}/{name}`)."""
 
     def model_schema(self, model: str) -> InputSchema:
         """The model's latest published input schema. NotFound when Replicate has no such model."""
         ...
+
+
+def schema_for_run(
+    model: str, job_id: UUID, provider: str, store: str, settings: Settings
+) -> InputSchema | None:
+    """At the start of a run, before planning: the schema of an `owner/name` model (None for a catalog key),
+    and for a catalog model run by a provider that reads schemas (Replicate: a paid run), the drift check.
+    The provider and store are opened for this and closed after."""
+    opened_provider = open_provider(provider, settings)
+    try:
+        source = opened_provider if isinstance(opened_provider, SchemaSource) else None
+        if model in MODELS:
+            if source is not None:
+                check_drift(MODELS[model], source)
+            return None
+        opened_store = open_store(store, settings)
+        try:
+            return schema_for_job(model, job_id, opened_store, source)
+        finally:
+            close_quietly(opened_store)
+    finally:
+        close_quietly(opened_provider)
 
 
 def schema_object_path(job_id: UUID, model: str) -> str:
