@@ -327,6 +327,24 @@ def test_a_bad_posted_schema_is_refused_naming_what_is_wrong(
     assert "a/b" not in http.get(admin).json()
 
 
+def test_a_schema_can_be_posted_as_the_api_serves_it(fake: FakeReplicateServer, http: httpx.Client) -> None:
+    """A version's openapi_schema (enums behind $refs), e.g. copied from Replicate, serves the same inputs."""
+    served = model_answer(fake, "openai/sora-2")["latest_version"]["openapi_schema"]
+    copy = {"model": "acme/sora-copy", "version": "12" * 32, "openapi_schema": served}
+    try:
+        assert http.post(f"{fake.base_url}/_fake/schemas", json=copy).status_code == 201
+        again = model_answer(fake, "acme/sora-copy")["latest_version"]["openapi_schema"]
+        assert again["components"] == served["components"]
+        error = http.post(
+            f"{fake.base_url}/v1/models/acme/sora-copy/predictions",
+            json={"input": {"prompt": "x", "seconds": 5}},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ).json()
+        assert "seconds must be one of the following: 4, 8, 12" in error["detail"]
+    finally:
+        fake.restore_schemas()
+
+
 def test_reset_restores_the_schemas_too(http: httpx.Client, tmp_path: Path) -> None:
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
     with FakeReplicateServer(schemas_dir=tmp_path, latency_s=0.01) as fake:

@@ -3,7 +3,9 @@
 
 The file format is Replicate's input schema with enums written inline, plus `model`, `version` (null: a
 stable made-up one) and `output`; the fake also reads an optional `is_official` (default: every model but
-the community ones below) and `description`. Other keys (notes, sources, pricing...) are ignored.
+the community ones below) and `description`. Instead of the inline schema, a file may carry a version's
+`openapi_schema` as the API serves it (enums behind `$ref`s). Other keys (notes, sources, pricing...) are
+ignored.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ def read_schema(raw: object, origin: str = "schema") -> ModelSchema:
     """A schema in the file format, checked enough that serving it and validating with it cannot fail."""
     if not isinstance(raw, dict):
         raise SchemaFileError(f"{origin}: not a JSON object")
+    if "openapi_schema" in raw:
+        raw = {**raw, **_inline_enums(raw["openapi_schema"], origin)}
     model, version = raw.get("model"), raw.get("version")
     if not isinstance(model, str) or not _MODEL.match(model):
         raise SchemaFileError(f"{origin}: `model` must be owner/name, not {model!r}")
@@ -103,6 +107,26 @@ def read_schema(raw: object, origin: str = "schema") -> ModelSchema:
         output=raw.get("output") or {"type": "string", "format": "uri", "title": "Output"},
         description=description if isinstance(description, str) else None,
     )
+
+
+def _inline_enums(document: object, origin: str) -> dict[str, Any]:
+    """`required`, `properties` and `output` of a version's openapi_schema, as GET /v1/models serves it,
+    with each `allOf: [{"$ref": "#/components/schemas/<name>"}]` replaced by the component's enum and type."""
+    try:
+        components = document["components"]["schemas"]  # type: ignore[index]
+        inputs = components["Input"]
+        properties = {name: dict(prop) for name, prop in inputs["properties"].items()}
+        for prop in properties.values():
+            for part in prop.pop("allOf", []):
+                target = components[part["$ref"].removeprefix("#/components/schemas/")]
+                prop.update({key: target[key] for key in ("enum", "type") if key in target})
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise SchemaFileError(f"{origin}: openapi_schema without a readable Input ({exc!r})") from exc
+    return {
+        "required": inputs.get("required", []),
+        "properties": properties,
+        "output": components.get("Output"),
+    }
 
 
 def read_folder(folder: Path) -> tuple[ModelSchema, ...]:

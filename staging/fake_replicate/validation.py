@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 from jsonschema import Draft4Validator, ValidationError
@@ -65,7 +65,7 @@ def _properties(
             yield from validator.descend(instance[name], sub, path=name, schema_path=name)
 
 
-_Validator = jsonschema.validators.extend(Draft4Validator, {"properties": _properties})
+_Validator = jsonschema.validators.extend(Draft4Validator, {"properties": _properties})  # type: ignore[no-untyped-call]
 _FORMATS = jsonschema.FormatChecker(formats=())
 
 
@@ -90,25 +90,30 @@ _WORDING = {
 
 def _describe(error: ValidationError) -> list[InvalidField]:
     """One jsonschema error in gojsonschema's words (an unknown-fields error becomes one per field)."""
-    field = "".join(f".{part}" for part in error.absolute_path)
-    where = f"input{field}"
-    if error.validator == "required":
-        missing = [name for name in error.validator_value if error.message.startswith(f"{name!r} ")]
+    where = "input" + "".join(f".{part}" for part in error.absolute_path)
+    # Set on every error that iter_errors yields (the stubs also allow "unset").
+    keyword, value, instance = (
+        str(error.validator),
+        cast(Any, error.validator_value),
+        cast(Any, error.instance),
+    )
+    if keyword == "required":
+        missing = [name for name in value if error.message.startswith(f"{name!r} ")]
         return [InvalidField("required", where, f"{name} is required") for name in missing[:1]]
-    if error.validator == "additionalProperties":
-        known = error.schema.get("properties", {})
-        return [unknown_field(where, name) for name in error.instance if name not in known]
-    if error.validator == "type":
-        expected, given = error.validator_value, _json_type(error.instance)
-        return [InvalidField("invalid_type", where, f"Invalid type. Expected: {expected}, given: {given}")]
-    if error.validator == "enum":
+    if keyword == "additionalProperties":
+        known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+        return [unknown_field(where, name) for name in instance if name not in known]
+    if keyword == "type":
+        given = _json_type(instance)
+        return [InvalidField("invalid_type", where, f"Invalid type. Expected: {value}, given: {given}")]
+    if keyword == "enum":
         name = str(error.absolute_path[-1]) if error.absolute_path else "input"
-        allowed = ", ".join(json.dumps(option) for option in error.validator_value)
+        allowed = ", ".join(json.dumps(option) for option in value)
         return [InvalidField("enum", where, f"{name} must be one of the following: {allowed}")]
-    if error.validator in _WORDING:
-        kind, wording = _WORDING[str(error.validator)]
-        return [InvalidField(kind, where, wording.format(error.validator_value))]
-    return [InvalidField(str(error.validator), where, error.message)]
+    if keyword in _WORDING:
+        kind, wording = _WORDING[keyword]
+        return [InvalidField(kind, where, wording.format(value))]
+    return [InvalidField(keyword, where, error.message)]
 
 
 def _json_type(value: Any) -> str:
