@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,7 @@ from staging.fake_replicate.openapi import to_openapi
 from staging.fake_replicate.outputs import OutputPlan, generic_plan, plan_output
 from staging.fake_replicate.schemas import ModelSchema, by_model, fake_version
 
+REPO = Path(__file__).resolve().parent.parent
 TOKEN = "models-token"
 SCHEMA_FILES = sorted((Path(clipgen.__file__).parent / "model_schemas").glob("*.json"))
 TERMINAL = ("succeeded", "failed", "canceled")
@@ -669,3 +672,17 @@ def test_inputs_a_newer_model_refuses_when_it_runs_fail_the_prediction(
     finally:
         transport.close()
     assert done.status == "failed" and error in (done.error or ""), done.error
+
+
+def test_the_command_refuses_a_bad_schemas_folder_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text(json.dumps({"model": "acme/x", "properties": {"a": []}}))
+    done = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "fake-replicate", "--port", "0", "--schemas", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--schemas: broken.json: `properties` must map each input to its schema" in done.stderr
