@@ -26,7 +26,7 @@ from replicate.prediction import Prediction
 
 import clipgen
 from clipgen.media import VideoInfo, probe
-from staging.fake_replicate import FakeReplicateServer
+from staging.fake_replicate import FakeReplicateServer, Fault
 from staging.fake_replicate.openapi import to_openapi
 from staging.fake_replicate.outputs import OutputPlan, generic_plan, plan_output
 from staging.fake_replicate.schemas import ModelSchema, by_model, fake_version
@@ -226,6 +226,16 @@ def test_an_unknown_model_or_version_is_404(client: Client) -> None:
     assert error.status == 404 and error.detail == "Not found."
     veo = client.models.get("google/veo-3.1")
     assert rejected(lambda: veo.versions.get("0" * 64)).status == 404
+
+
+def test_a_model_error_fault_answers_the_model_read(fake: FakeReplicateServer, client: Client) -> None:
+    fake.add_fault(Fault(kind="model_error", match="sora", status=500))
+    try:
+        assert client.models.get("google/veo-3.1").latest_version is not None  # not matched
+        assert rejected(lambda: client.models.get("openai/sora-2")).status == 500
+        assert client.models.get("openai/sora-2").latest_version is not None  # used up
+    finally:
+        fake.clear_faults()
 
 
 def test_to_openapi_is_pure_and_leaves_the_schema_alone() -> None:

@@ -156,20 +156,25 @@ def create_app(state: FakeState) -> FastAPI:
 
     # --- models -----------------------------------------------------------------------------------------
 
-    @app.get("/v1/models/{owner}/{name}")
-    async def get_model(owner: str, name: str, request: Request) -> dict[str, Any]:
+    def read_model(request: Request, model: str) -> ModelSchema:
         authorize(request)
-        schema = state.schemas.by_model(f"{owner}/{name}")
+        fault = state.faults.take_model_fault(model)
+        if fault is not None:
+            raise _fault_error(fault)
+        schema = state.schemas.by_model(model)
         if schema is None:
             raise ApiError(404, MODEL_NOT_FOUND)
-        return model_json(schema)
+        return schema
+
+    @app.get("/v1/models/{owner}/{name}")
+    async def get_model(owner: str, name: str, request: Request) -> dict[str, Any]:
+        return model_json(read_model(request, f"{owner}/{name}"))
 
     @app.get("/v1/models/{owner}/{name}/versions/{version_id}")
     async def get_version(owner: str, name: str, version_id: str, request: Request) -> dict[str, Any]:
-        authorize(request)
         # Only the latest version is known: the fake serves one schema per model.
-        schema = state.schemas.by_model(f"{owner}/{name}")
-        if schema is None or schema.version != version_id:
+        schema = read_model(request, f"{owner}/{name}")
+        if schema.version != version_id:
             raise ApiError(404, MODEL_NOT_FOUND)
         return version_json(schema)
 

@@ -22,17 +22,19 @@ FaultKind = Literal[
     "expired",
     "download_error",
     "list_error",
+    "model_error",
     "abort",
 ]
 # These answer the create request itself, so nothing is created; DOWNLOAD_FAULTS answer an output
-# download; LIST_FAULTS answer GET /v1/predictions; the others shape the prediction. `times` counts
-# creates, downloads, list requests, or predictions accordingly.
+# download; LIST_FAULTS answer GET /v1/predictions; MODEL_FAULTS answer GET /v1/models/...; the others shape
+# the prediction. `times` counts creates, downloads, list requests, model reads, or predictions accordingly.
 CREATE_FAULTS: frozenset[str] = frozenset(
     {"rate_limit", "server_error", "connection_reset", "reset_after_create"}
 )
 DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error"})
 LIST_FAULTS: frozenset[str] = frozenset({"list_error"})
-_ANSWERING = CREATE_FAULTS | DOWNLOAD_FAULTS | LIST_FAULTS
+MODEL_FAULTS: frozenset[str] = frozenset({"model_error"})
+_ANSWERING = CREATE_FAULTS | DOWNLOAD_FAULTS | LIST_FAULTS | MODEL_FAULTS
 _SERVER_ERRORS = (500, 502, 503, 504)
 
 
@@ -51,6 +53,9 @@ class Fault(BaseModel):
       problem+json body. It concerns no prediction, so `match` must be None. The replicate client retries
       a GET that gets 503 or 504 by itself (up to 10 attempts, backing off from 0.1 s), so only 500 and 502
       reach the caller at once.
+    - model_error: `GET /v1/models/{owner}/{name}` (or one of its versions) answers `status` (500/502/503/
+      504); `match` limits it to models whose owner/name contains it. The client retries 503 and 504 by
+      itself, as for list_error.
     - abort: created, stays starting for `seconds`, then ends `aborted` without ever running, as on
       Replicate when a prediction's `Cancel-After` deadline passes before it starts: no output, no error,
       no `started_at`, empty metrics, not billed. replicate 1.0.7 cannot parse that status: `get()` of
@@ -76,7 +81,7 @@ class Fault(BaseModel):
     def _sane(self) -> Fault:
         if self.times == 0:
             raise ValueError("times must be positive, or -1 for always")
-        if self.kind in ("server_error", "list_error") and self.status not in _SERVER_ERRORS:
+        if self.kind in ("server_error", "list_error", "model_error") and self.status not in _SERVER_ERRORS:
             raise ValueError(f"a {self.kind} status must be 500, 502, 503 or 504")
         if self.kind in LIST_FAULTS and self.match is not None:
             raise ValueError(f"{self.kind} answers the list, not a prediction: match must be None")
@@ -135,6 +140,10 @@ class FaultBook:
     def take_list_fault(self) -> Fault | None:
         """The first fault that answers a list request (GET /v1/predictions), used up by one."""
         return self._take_first(LIST_FAULTS, "")
+
+    def take_model_fault(self, model: str) -> Fault | None:
+        """The first fault matching `model` that answers a read of it (GET /v1/models/...), used up by one."""
+        return self._take_first(MODEL_FAULTS, model)
 
     def _take_first(self, kinds: frozenset[str], prompt: str) -> Fault | None:
         with self._lock:
