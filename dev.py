@@ -5,6 +5,7 @@
                             # (then the command is .venv/bin/video-generator)
     python3 dev.py test     # create .venv, install with test tools, run the test suite
     python3 dev.py check    # ruff and mypy
+    python3 dev.py docs     # rewrite docs/models.md's generated tables from the catalog (clipgen/catalog.py)
 
 Installs are pinned by constraints.txt and skipped when nothing changed since the last one.
 """
@@ -44,7 +45,7 @@ def run(*command: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "check"}:
+    if not argv or argv[0] not in {"demo", "test", "check", "docs"}:
         print(__doc__)
         return 2
     setup()
@@ -65,6 +66,8 @@ def main(argv: list[str]) -> int:
         return code
     if command == "test":
         return run(str(BIN / "python"), "-m", "pytest", *rest)
+    if command == "docs":
+        return run(str(BIN / "python"), "-m", "clipgen.model_table", *rest)
     return (
         run(str(BIN / "ruff"), "check", ".")
         or run(str(BIN / "ruff"), "format", "--check", ".")

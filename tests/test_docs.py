@@ -97,3 +97,27 @@ def test_the_settings_table_lists_every_setting() -> None:
     assert names, "Settings has no fields"
     missing = [name for name in names if f"| `{name}` |" not in table]
     assert not missing, f"docs/configuration.md does not list {missing}"
+
+
+def test_the_model_tables_are_the_catalog() -> None:
+    """docs/models.md's tables are generated from the catalog (clipgen/model_table.py), so a model added or
+    changed in clipgen/catalog.py shows in the docs, or this fails."""
+    from clipgen.catalog import MODELS
+    from clipgen.model_table import COMMAND, PAGE, rewrite
+
+    page = PAGE.read_text(encoding="utf-8")
+    assert rewrite(page, list(MODELS.values())) == page, (
+        f"docs/models.md's generated tables differ from clipgen/catalog.py: run `{COMMAND}` to rewrite them"
+    )
+    for spec in MODELS.values():
+        assert f"| `{spec.key}` |" in page, spec.key
+
+
+def test_a_model_without_a_known_price_shows_unknown() -> None:
+    from clipgen.catalog import MODELS
+    from clipgen.model_table import catalog_table
+
+    unpriced = [spec for spec in MODELS.values() if not spec.price_known]
+    assert unpriced, "the catalog has no model without a price; this test has nothing to show"
+    table = catalog_table(unpriced).splitlines()[2:]
+    assert all("| unknown |" in row and "$" not in row.split("|")[7] for row in table)
