@@ -1,4 +1,5 @@
-"""The steps the flow orchestrates, as plain functions: one clip attempt, one thumbnail, the job's log.
+"""The steps the flow orchestrates, as plain functions: one clip attempt, one thumbnail, the work directory's
+tidy-up (what the job reports as its clips finish is clipgen.job_report's).
 
 Money is clipgen.paid_work's: every paid request, adoption, settlement and cancel goes through the clip's
 `ClipWork`, under the clip's lease. What this module adds is the clip itself: a generated file is kept in
@@ -51,7 +52,6 @@ from clipgen.stores.base import (
 )
 
 log = logging.getLogger(__name__)
-ERRORS_IN_SUMMARY = 3
 Slot = Callable[[], AbstractContextManager[object]]
 
 
@@ -130,7 +130,7 @@ def produce_clip(
             elapsed = (
                 (datetime.now(UTC) - started_at).total_seconds() if started_at else time.monotonic() - began
             )
-            return _deliver(store, plan, work, attempt, generation, info, stored, elapsed)
+            return _deliver(DeliveredAttempt(plan, work, attempt, generation, info, stored, elapsed))
         except Exception as exc:
             _record_failure(store, plan, work, attempt, exc)
             raise
@@ -196,70 +196,70 @@ def _store_video(store: ClipStore, plan: ClipPlan, files: ClipFiles) -> StoredOb
         raise StoreFailed(f"storing clip {plan.clip_index} failed: {exc}") from exc
 
 
-def _deliver(
-    store: ClipStore,
-    plan: ClipPlan,
-    work: ClipWork,
-    attempt: Attempt,
-    generation: Generation,
-    info: VideoInfo,
-    stored: StoredObject,
-    elapsed: float,
-) -> Clip:
-    metadata = {**plan.metadata, **generation.metadata}
-    metadata.pop("plan_fingerprint", None)
-    # The row first: a process that dies before the ledger write leaves a stored clip (reused by the next
-    # run) and a succeeded prediction (abandoned by it), never a clip to pay for again.
-    store.upsert_clip(
-        _record(
-            plan,
+@dataclass(frozen=True)
+class DeliveredAttempt:
+    """A clip attempt whose output passed the checks and is stored: what its row and its Clip are made of."""
+
+    plan: ClipPlan
+    work: ClipWork
+    attempt: Attempt
+    generation: Generation
+    info: VideoInfo
+    stored: StoredObject
+    elapsed_s: float
+
+    def metadata(self) -> dict[str, Any]:
+        metadata = {**self.plan.metadata, **self.generation.metadata}
+        metadata.pop("plan_fingerprint", None)
+        return metadata
+
+    def record(self) -> ClipRecord:
+        info = self.info
+        return _record(
+            self.plan,
             status="success",
-            attempts=attempt.number,
-            cost=work.cost(),
-            prediction_id=generation.prediction_id,
-            plan_fingerprint=work.fingerprint,
+            attempts=self.attempt.number,
+            cost=self.work.cost(),
+            prediction_id=self.generation.prediction_id,
+            plan_fingerprint=self.work.fingerprint,
             actual_duration=round(info.duration, 3),
             width=info.width,
             height=info.height,
             fps=info.fps,
-            video_path=stored.path,
-            metadata=metadata,
+            video_path=self.stored.path,
+            metadata=self.metadata(),
         )
-    )
-    work.delivered(generation.prediction_id)
-    return _delivered_clip(plan, work, attempt, generation, info, stored, elapsed, metadata)
+
+    def clip(self) -> Clip:
+        plan, info = self.plan, self.info
+        return Clip(
+            clip_index=plan.clip_index,
+            video_url=self.stored.url,
+            actual_duration=round(info.duration, 3),
+            target_duration=plan.requested_duration,
+            original_target_duration=plan.target_duration,
+            duration_diff=round(info.duration - plan.target_duration, 3),
+            status="success",
+            cost=self.work.cost(),
+            retry_count=self.attempt.number - 1,
+            generation_time=round(self.elapsed_s, 3),
+            metadata=self.metadata(),
+            model=plan.model,
+            prediction_id=self.generation.prediction_id,
+            prediction_ids=self.work.prediction_ids(),
+            width=info.width,
+            height=info.height,
+            fps=info.fps,
+            storage_path=self.stored.path,
+        )
 
 
-def _delivered_clip(
-    plan: ClipPlan,
-    work: ClipWork,
-    attempt: Attempt,
-    generation: Generation,
-    info: VideoInfo,
-    stored: StoredObject,
-    elapsed: float,
-    metadata: dict[str, Any],
-) -> Clip:
-    return Clip(
-        clip_index=plan.clip_index,
-        video_url=stored.url,
-        actual_duration=round(info.duration, 3),
-        target_duration=plan.requested_duration,
-        original_target_duration=plan.target_duration,
-        duration_diff=round(info.duration - plan.target_duration, 3),
-        status="success",
-        cost=work.cost(),
-        retry_count=attempt.number - 1,
-        generation_time=round(elapsed, 3),
-        metadata=metadata,
-        model=plan.model,
-        prediction_id=generation.prediction_id,
-        prediction_ids=work.prediction_ids(),
-        width=info.width,
-        height=info.height,
-        fps=info.fps,
-        storage_path=stored.path,
-    )
+def _deliver(delivered: DeliveredAttempt) -> Clip:
+    # The row first: a process that dies before the ledger write leaves a stored clip (reused by the next
+    # run) and a succeeded prediction (abandoned by it), never a clip to pay for again.
+    delivered.work.job.store.upsert_clip(delivered.record())
+    delivered.work.delivered(delivered.generation.prediction_id)
+    return delivered.clip()
 
 
 def failed_clip(plan: ClipPlan, work: ClipWork, error: BaseException | None) -> Clip:
@@ -302,66 +302,6 @@ def produce_thumbnail(plan: ClipPlan, store: ClipStore, work_dir: Path) -> str:
         plan.job_id, events.THUMBNAIL_READY, events.thumbnail_ready(plan.clip_index, stored.url)
     )
     return stored.url
-
-
-@dataclass(frozen=True)
-class Outcome:
-    succeeded: bool
-    message: str
-    errors: list[str]
-
-
-def decide_outcome(result: Clips, min_success: int) -> Outcome:
-    """Partial success is a normal outcome: the job succeeds with at least `min_success` clips."""
-    errors = [f"clip {c.clip_index}: {c.error}" for c in result.clips if c.status == "failed"]
-    summary = f"{result.successful_clips}/{result.total_clips} clips"
-    if result.successful_clips >= min_success:
-        return Outcome(True, summary, errors)
-    first = "; ".join(errors[:ERRORS_IN_SUMMARY]) or "none"
-    return Outcome(False, f"{summary} succeeded, {min_success} needed; first errors: {first}", errors)
-
-
-Announced = tuple[str, dict[str, Any]]
-"""An event as appended to the job's log: (name, data)."""
-
-
-def announce_start(store: ClipStore, plan: JobPlan) -> Announced:
-    return _announce(store, plan, events.START, events.start(plan))
-
-
-def announce_progress(store: ClipStore, plan: JobPlan, clip: Clip, tally: events.Tally) -> Announced:
-    """`tally` already counts `clip`."""
-    return _announce(store, plan, events.PROGRESS, events.progress(clip, tally))
-
-
-def announce_end(store: ClipStore, plan: JobPlan, result: Clips, outcome: Outcome) -> Announced:
-    if outcome.succeeded:
-        return _announce(store, plan, events.COMPLETE, events.complete(result))
-    return _announce(store, plan, events.FAILED, events.failed(result, plan.min_success, outcome.errors))
-
-
-def _announce(store: ClipStore, plan: JobPlan, name: str, data: dict[str, Any]) -> Announced:
-    store.append_event(plan.job_id, name, data)
-    return name, data
-
-
-def clip_table(result: Clips) -> list[dict[str, Any]]:
-    """One row per clip, for a table artifact: index, status, durations, cost, links."""
-    return [
-        {
-            "clip": clip.clip_index,
-            "status": clip.status,
-            "target_s": clip.original_target_duration,
-            "requested_s": clip.target_duration,
-            "actual_s": clip.actual_duration,
-            "retries": clip.retry_count,
-            "cost_usd": clip.cost,
-            "video": clip.video_url or "",
-            "thumbnail": clip.thumbnail_url or "",
-            "error": clip.error or "",
-        }
-        for clip in result.clips
-    ]
 
 
 def tidy_work_dir(work_dir: Path, result: Clips) -> None:

@@ -26,8 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from clipgen import events
 from clipgen.backends import Backends, close_quietly, open_provider, open_store, run_backends
 from clipgen.job import Clip, ClipPrompts, Clips, GenerationOptions
-from clipgen.paid_work import JobWork
-from clipgen.pipeline import (
+from clipgen.job_report import (
     Announced,
     Outcome,
     announce_end,
@@ -35,10 +34,10 @@ from clipgen.pipeline import (
     announce_start,
     clip_table,
     decide_outcome,
-    failed_clip,
-    job_work_dir,
-    tidy_work_dir,
 )
+from clipgen.model_lookup import schema_for_run
+from clipgen.paid_work import JobWork
+from clipgen.pipeline import failed_clip, job_work_dir, tidy_work_dir
 from clipgen.planning import ClipPlan, JobPlan, plan_job
 from clipgen.references import reference_resolver
 from clipgen.run_parameters import (
@@ -112,9 +111,11 @@ def generate_video_clips(
     provider = backend_name(provider, settings.provider)
     store = backend_name(store, settings.store)
     # store:// images are read through the run's store, opened only if one is not cached on this worker.
+    # An owner/name model's schema (kept with the job), or a catalog model's drift check: before any plan.
+    schema = schema_for_run(options.model, job.job_id, provider, store, settings)
     opener = functools.partial(open_store, store, settings)
     with reference_resolver(settings.reference_cache_dir, opener) as resolve:
-        plan = plan_job(job, options, resolve)
+        plan = plan_job(job, options, resolve, schema)
     run_context = FlowRunContext.get()
     assert run_context is not None and run_context.flow_run is not None
     run = run_context.flow_run
