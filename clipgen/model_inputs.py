@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from clipgen.catalog import SVD_FRAMES, VEO_MAX_REFERENCES, spec_for
-from clipgen.errors import Problem
+from clipgen.errors import PermanentError, Problem
 from clipgen.model_spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -34,7 +34,19 @@ class ModelRequest:
 
 
 def build_request(plan: ClipPlan, image_uri: ImageToUri) -> ModelRequest:
+    """The request for one clip. Raises PermanentError if the model's schema would refuse it (planning has
+    checked the same request with placeholder image URIs, so this guards the paid call only)."""
     spec = spec_for(plan.model, plan.model_schema)
+    inputs, notes = _inputs(plan, spec, image_uri)
+    problems = spec.schema.problems(inputs)
+    if problems:
+        raise PermanentError(
+            f"{spec.replicate_model} would refuse the request: {'; '.join(map(str, problems))}"
+        )
+    return ModelRequest(model=spec.replicate_model, version=spec.version, input=inputs, notes=notes)
+
+
+def _inputs(plan: ClipPlan, spec: ModelSpec, image_uri: ImageToUri) -> tuple[dict[str, Any], dict[str, str]]:
     inputs, notes = _by_role(plan, spec, image_uri)
     if spec.quirk == "veo_references":
         _veo_references(plan, spec, image_uri, inputs, notes)
@@ -44,7 +56,7 @@ def build_request(plan: ClipPlan, image_uri: ImageToUri) -> ModelRequest:
         notes["character_references"] = spec.character_references
     if plan.object_images:
         notes["object_references"] = "not sent: no model in the catalog takes object references"
-    return ModelRequest(model=spec.replicate_model, version=spec.version, input=inputs, notes=notes)
+    return inputs, notes
 
 
 PLACEHOLDER_URI = "https://example.invalid/reference.png"
@@ -62,10 +74,10 @@ def request_problems(plan: ClipPlan, position: int) -> list[Problem]:
     """What the model's published schema refuses in the request this clip would send, before any paid call.
     Each problem names the job field that fills the input, or the option that chose the model."""
     spec = spec_for(plan.model, plan.model_schema)
-    request = build_request(plan, lambda *_: PLACEHOLDER_URI)
+    inputs, _ = _inputs(plan, spec, lambda *_: PLACEHOLDER_URI)
     by_input = {name: role for role in _JOB_FIELDS if (name := getattr(spec.roles, role))}
     problems = []
-    for problem in spec.schema.problems(request.input):
+    for problem in spec.schema.problems(inputs):
         name = problem.field.removeprefix("input.")
         if name in by_input:
             where = f"clip_prompts[{position}].{_JOB_FIELDS[by_input[name]]}"

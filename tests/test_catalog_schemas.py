@@ -22,7 +22,17 @@ CORRECTED = {("cogvideox", "image_inputs"): [], ("cogvideox", "title"): "CogVide
 
 
 def _uri(path: str, ratio: str, size: tuple[int, int]) -> str:
-    return f"uri:{path}:{ratio}:{size[0]}x{size[1]}"
+    return f"https://example.invalid/{path}?ratio={ratio}&size={size[0]}x{size[1]}"
+
+
+def _recorded(value: Any) -> Any:
+    """The recording's image URIs ("uri:<path>:<w>:<h>:<size>") in the form `_uri` gives them now."""
+    if isinstance(value, list):
+        return [_recorded(item) for item in value]
+    if isinstance(value, str) and value.startswith("uri:"):
+        _, path, ratio_w, ratio_h, size = value.split(":")
+        return f"https://example.invalid/{path}?ratio={ratio_w}:{ratio_h}&size={size}"
+    return value
 
 
 def _plan(fields: dict[str, Any]) -> ClipPlan:
@@ -37,7 +47,7 @@ PLANNABLE = [case for case in BEFORE["requests"] if None not in case["input"].va
 def test_the_seven_send_what_they_sent(case: dict[str, Any]) -> None:
     request = build_request(_plan(case["plan"]), _uri)
     assert (request.model, request.version) == (case["model"], case["version"])
-    assert request.input == case["input"]
+    assert request.input == {name: _recorded(value) for name, value in case["input"].items()}
     assert request.notes == case["notes"]
 
 
