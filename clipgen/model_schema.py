@@ -14,11 +14,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from clipgen.errors import Problem
+
+if TYPE_CHECKING:
+    from jsonschema.protocols import Validator
 
 _URL = re.compile(r"^https?://[^/?#\s]+")
 # The keywords an input keeps: what validation and drift read (titles and descriptions are left out).
@@ -120,7 +121,10 @@ def _flat(prop: Mapping[str, Any], components: Mapping[str, Any]) -> dict[str, A
 
 
 @functools.lru_cache(maxsize=512)
-def _validator(prop_json: str) -> jsonschema.protocols.Validator:
+def _validator(prop_json: str) -> Validator:
+    # Imported on first use: jsonschema takes a sixth of a second to import, and most commands never validate.
+    import jsonschema
+
     checker = jsonschema.FormatChecker(formats=())
     checker.checks("uri")(_is_fetchable)
     schema = {key: value for key, value in json.loads(prop_json).items() if key != "nullable"}
