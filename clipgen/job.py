@@ -235,9 +235,45 @@ ASPECT_RATIO_CHOICES: tuple[str, ...] = tuple(
 )
 """Every ratio some model offers, in catalog order; the plan refuses one the chosen model lacks."""
 
-_MODEL_HELP = "Video model (catalog key): " + "; ".join(
+OWNER_NAME_PATTERN = r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$"
+"""A Replicate model's name, `owner/name`: what the run form's free-text branch of `model` accepts."""
+
+_CATALOG_HELP = "A catalog model, by key: " + "; ".join(
     f"`{spec.key}` {spec.title}{', needs a scene image' * spec.requires_image}" for spec in MODELS.values()
 )
+_ANY_MODEL_HELP = (
+    "Any Replicate video model, as owner/name (e.g. `pixverse/pixverse-v5`): planned with the input "
+    "schema Replicate publishes for it, read when the job first runs and kept with the job, so a rerun plans "
+    "with the same one. Its price is not known: the estimate says so, and a budget needs Price per second."
+)
+_MODEL_HELP = (
+    "Video model: a catalog key (the list), or any Replicate video model as owner/name (free text). A name "
+    "that is neither, or a model Replicate does not have, is refused naming options.model before anything "
+    "is paid."
+)
+
+
+def _catalog_or_any_model(schema: dict[str, Any]) -> None:
+    """The run form offers the catalog as a select and owner/name as free text, each described. A form shows
+    the first string branch for a string value, so the catalog comes first and the default stays in it.
+    Python validation stays a plain `str`: the plan refuses an unknown name, naming options.model."""
+    schema.pop("type", None)
+    schema["anyOf"] = [
+        {
+            "title": "Catalog model",
+            "type": "string",
+            "enum": list(MODEL_CHOICES),
+            "description": _CATALOG_HELP,
+        },
+        {
+            "title": "Any Replicate video model",
+            "type": "string",
+            "pattern": OWNER_NAME_PATTERN,
+            "description": _ANY_MODEL_HELP,
+        },
+    ]
+
+
 _ASPECT_RATIO_HELP = (
     "Width:height of every clip. Each model offers only some ("
     + "; ".join(f"{spec.key}: {', '.join(spec.aspect_ratios)}" for spec in MODELS.values())
@@ -254,11 +290,9 @@ class GenerationOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_in_declared_order)
 
-    # The JSON schema lists the choices (the Prefect UI shows them as selects); Python callers get the
-    # same check from the plan, which names the field and the choices.
-    model: str = Field(
-        "kling-v2.5-turbo", description=_MODEL_HELP, json_schema_extra={"enum": list(MODEL_CHOICES)}
-    )
+    # The JSON schema lists the choices (the Prefect UI shows them as selects; `model` also takes owner/name
+    # as free text); Python callers get the same check from the plan, which names the field and the choices.
+    model: str = Field("kling-v2.5-turbo", description=_MODEL_HELP, json_schema_extra=_catalog_or_any_model)
     aspect_ratio: str = Field(
         "16:9",
         pattern=r"^\d{1,2}:\d{1,2}$",

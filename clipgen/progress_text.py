@@ -1,5 +1,6 @@
-"""The lines `video-generator run` prints: one per progress or retry event as the clips finish, and the
-summary of the result. Plain text from plain data; the command prints them."""
+"""The lines `video-generator run` and `submit` print: the job's start (or queued) line with its estimate,
+one per progress or retry event as the clips finish, and the summary of the result. Plain text from plain
+data; the command prints them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,37 @@ from typing import Any
 
 from clipgen import events
 from clipgen.job import Clips
+from clipgen.planning import JobPlan
+
+
+def unknown_estimate(plan: JobPlan) -> str | None:
+    """For a model with no published price (and no --price-per-second): that the estimate is unknown, in
+    place of a $0.00 that would read as free."""
+    return None if plan.price_known else f"estimate unknown (no published price for {plan.model})"
+
+
+def start_line(plan: JobPlan, provider: str, store: str) -> str:
+    """The line `run` prints before the flow starts. A local preview is free; its estimate is what the same
+    job would cost on Replicate."""
+    local = provider == "local"
+    unknown = unknown_estimate(plan)
+    if unknown:
+        cost = f"free local preview; on Replicate: {unknown}" if local else unknown
+    else:
+        cost = f"{'free local preview' if local else 'estimate'} (on Replicate ${plan.estimated_cost:.2f})"
+    return (
+        f"job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
+        f"provider {provider} · store {store} · {cost}"
+    )
+
+
+def queued_line(plan: JobPlan, store: str, max_attempts: int) -> str:
+    """The line `submit` prints once the job is in the queue."""
+    return (
+        f"queued job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
+        f"store {store} · up to {max_attempts} runs · "
+        f"{unknown_estimate(plan) or f'estimate on Replicate ${plan.estimated_cost:.2f}'}"
+    )
 
 
 def event_line(name: str, data: dict[str, Any]) -> str | None:

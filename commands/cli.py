@@ -4,10 +4,11 @@ With no settings it runs on the embedded default: a local preview renderer (noth
 local store under ./.video-generator, with a temporary Prefect server whose state is kept there too (set
 PREFECT_API_URL to use a Prefect server of your own).
 
-    video-generator run JOB.json [--model KEY] [--aspect-ratio R] [--provider local|replicate]
-        [--store local|supabase] [--concurrency N] [--min-success N] [--retry-failed] [--output OUT.json]
-    video-generator submit JOB.json [--model KEY] [--aspect-ratio R] [--store local|supabase]
-        [--concurrency N] [--min-success N] [--max-attempts N]
+    video-generator run JOB.json [--model KEY|OWNER/NAME] [--aspect-ratio R] [--provider local|replicate]
+        [--store local|supabase] [--concurrency N] [--min-success N] [--budget USD]
+        [--price-per-second USD] [--retry-failed] [--output OUT.json]
+    video-generator submit JOB.json [--model KEY|OWNER/NAME] [--aspect-ratio R] [--store local|supabase]
+        [--concurrency N] [--min-success N] [--budget USD] [--price-per-second USD] [--max-attempts N]
     video-generator setup-prefect [--work-pool NAME] [--prediction-limit N]
     video-generator serve [--host H] [--port P] [--insecure-no-token]
     video-generator fake-replicate [--host H] [--port P] [--latency S] [--token T] [--schemas DIR]
@@ -173,13 +174,32 @@ def _add_fake_replicate(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 def _job_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("job", type=Path, metavar="JOB.json")
-    command.add_argument("--model", help=f"{' | '.join(MODELS)} (default kling-v2.5-turbo)")
+    command.add_argument(
+        "--model",
+        metavar="KEY|OWNER/NAME",
+        help=f"a catalog model: {' | '.join(MODELS)} (default kling-v2.5-turbo); or any Replicate video "
+        "model as owner/name, planned with the input schema Replicate publishes for it (read with "
+        "REPLICATE_API_TOKEN, also for a --provider local preview, and kept with the job for reruns)",
+    )
     command.add_argument(
         "--aspect-ratio", help="e.g. 16:9, 9:16, 1:1 (default 16:9, or the model's only one)"
     )
     command.add_argument("--store", help=f"{' | '.join(known_stores())} (env VIDEO_GENERATOR_STORE)")
     command.add_argument("--concurrency", type=int, help="clips at once (env VIDEO_GENERATOR_CONCURRENCY, 5)")
     command.add_argument("--min-success", type=int, help="clips needed (env VIDEO_GENERATOR_MIN_CLIPS, 3)")
+    command.add_argument(
+        "--budget",
+        type=float,
+        metavar="USD",
+        help="refuse the job if its estimate is over this, and pay for nothing past it while it runs",
+    )
+    command.add_argument(
+        "--price-per-second",
+        type=float,
+        metavar="USD",
+        help="what the model costs per second of video, for a model with no published price (an owner/name "
+        "model): the estimate and --budget use it",
+    )
     command.add_argument(
         "--allow-any-file",
         action="store_true",

@@ -21,7 +21,7 @@ from clipgen.command_input import CheckedJob, check_job, load_settings, open_nam
 from clipgen.errors import ConfigurationError, ValidationError, VideoGeneratorError
 from clipgen.failures import EXIT_FAILED, EXIT_OK
 from clipgen.job import Clips
-from clipgen.progress_text import event_line, summary_lines
+from clipgen.progress_text import event_line, queued_line, start_line, summary_lines
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
 
@@ -44,11 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValidationError.one("--provider/--store", str(exc)) from exc
     upload_images(checked.job_file, store, store_name, settings)
     plan = checked.plan
-    price = "free local preview" if provider == "local" else "estimate"
-    print(
-        f"job {plan.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
-        f"provider {provider} · store {store_name} · {price} (on Replicate ${plan.estimated_cost:.2f})"
-    )
+    print(start_line(plan, provider, store_name))
     if settings.server_url:
         print(f"watch it live: {settings.server_url.rstrip('/')}/jobs/{plan.job_id}/view")
     try:
@@ -161,11 +157,7 @@ def submit(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     finally:
         close_quietly(store)
-    print(
-        f"queued job {queued.job_id}: {len(plan.clips)} clips · {plan.model} {plan.aspect_ratio} · "
-        f"store {store_name} · up to {queued.max_attempts} runs · "
-        f"estimate on Replicate ${plan.estimated_cost:.2f}"
-    )
+    print(queued_line(plan, store_name, queued.max_attempts))
     return EXIT_OK
 
 
@@ -180,4 +172,6 @@ def _option_flags(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "min_success": args.min_success,
         "retry_failed": args.retry_failed,
+        "budget_usd": args.budget,
+        "price_per_second_usd": args.price_per_second,
     }

@@ -13,7 +13,7 @@ from prefect.utilities.callables import parameter_schema
 
 from clipgen.backends import known_providers, known_stores
 from clipgen.catalog import MODELS
-from clipgen.job import GenerationOptions
+from clipgen.job import OWNER_NAME_PATTERN, GenerationOptions
 from clipgen.run_parameters import BUILT_IN_PROVIDERS, BUILT_IN_STORES
 from deployments.checkout import HOME_VARIABLE, CheckoutNotFound, deployed_from, enter_checkout
 from deployments.serve import deployment_configs, runner_deployments
@@ -80,7 +80,10 @@ def test_the_run_form_shows_choices_and_defaults_as_values() -> None:
     schema = parameter_schema(flow.fn).model_dump()
     parameters = schema["properties"]
     options = schema["definitions"]["GenerationOptions"]["properties"]
-    assert options["model"]["enum"] == list(MODELS)
+    catalog, any_model = options["model"]["anyOf"]
+    assert (catalog["title"], catalog["enum"]) == ("Catalog model", list(MODELS))
+    assert (any_model["title"], any_model["pattern"]) == ("Any Replicate video model", OWNER_NAME_PATTERN)
+    assert options["model"]["default"] == "kling-v2.5-turbo"
     assert set(options["aspect_ratio"]["enum"]) == {r for spec in MODELS.values() for r in spec.aspect_ratios}
     assert parameters["provider"]["enum"] == ["worker-default", *BUILT_IN_PROVIDERS]
     assert parameters["store"]["enum"] == ["worker-default", *BUILT_IN_STORES]
