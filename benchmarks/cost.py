@@ -1,12 +1,13 @@
 """Cost: what the duration rule makes us pay for, and how the up-front estimate compares with the bill.
 
-The job mix is the shipped example's targets (examples/job.json: 3 to 6 s). For each model in the catalog
+The job mix is the shipped example's targets (examples/job.json: 3 to 6 s). For every model in the catalog
 the plan gives the requested seconds (the duration rule: next discrete duration, or target x buffer for
-continuous models) against the target seconds, and the estimate the CLI prints. The real flow then runs
-the same job on the fake; the sum of its per-clip costs (every paid prediction, retries included) is set
-against the estimate, without faults and with one clip's first prediction failing (a retry the estimate
-cannot know of). Prices are the catalog's; the fake bills nothing, so this checks our accounting, not
-Replicate's invoice. Deterministic: one run each.
+continuous models) against the target seconds, and the estimate the CLI prints. A model that needs a start
+image gets a scene image on every clip. The real flow then runs the same job on the fake; the sum of its
+per-clip costs (every paid prediction, retries included) is set against the estimate, without faults and
+with one clip's first prediction failing (a retry the estimate cannot know of). Prices are the catalog's; a
+model with no known price is reported as unknown (its estimate and bill are None), never as $0. The fake
+bills nothing, so this checks our accounting, not Replicate's invoice. Deterministic: one run each.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from benchmarks.common import (
     run_flow,
 )
 from benchmarks.report import Figure, figure
-from clipgen.catalog import MODELS, ModelSpec
+from clipgen.catalog import MODELS
 from clipgen.job import ClipPrompts, Clips
+from clipgen.model_spec import ModelSpec
+from clipgen.model_table import price_label
 from clipgen.planning import JobPlan, plan_job
 from clipgen.references import resolve_reference
 from staging.fake_replicate.server import FakeReplicateServer, Fault
@@ -72,26 +75,31 @@ def plan_for(spec: ModelSpec, job: ClipPrompts, cache_dir: Path) -> JobPlan:
 
 
 def planned_row(spec: ModelSpec, plan: JobPlan) -> dict[str, Any]:
+    """The plan's seconds and estimate; the money is None when the model's price is unknown (not $0)."""
     target = sum(clip.target_duration for clip in plan.clips)
     requested = sum(clip.requested_duration for clip in plan.clips)
     # What the rule's extra seconds cost: nothing for a per-run price, price x extra seconds otherwise.
     beyond = sum(max(0.0, clip.estimated_cost - spec.cost(clip.target_duration)) for clip in plan.clips)
     return {
         "model": spec.key,
+        "price": price_label(spec),
+        "price_known": plan.price_known,
+        "scene_image": any(clip.scene_image for clip in plan.clips),
         "clips": len(plan.clips),
         "target_s": target,
         "requested_s": requested,
         "requested_per_target": requested / target,
-        "paid_beyond_target_usd": round(beyond, 4),
-        "estimate_usd": plan.estimated_cost,
+        "paid_beyond_target_usd": round(beyond, 4) if plan.price_known else None,
+        "estimate_usd": plan.estimated_cost if plan.price_known else None,
         "flow": None,
     }
 
 
 def flow_costs(
-    fake: FakeReplicateServer, data_dir: Path, spec: ModelSpec, estimate: float, fail_first: bool
+    fake: FakeReplicateServer, data_dir: Path, spec: ModelSpec, estimate: float | None, fail_first: bool
 ) -> dict[str, Any]:
-    """Run the mix through the real flow; its bill (sum of per-clip costs) against the estimate."""
+    """Run the mix through the real flow; its bill (sum of per-clip costs) against the estimate (None, and
+    no bill, when the price is unknown: the clips are booked at $0)."""
     tag = new_tag()
     job = mix_job(tag, spec, EXAMPLE_TARGETS_S)
     if fail_first:
@@ -102,8 +110,8 @@ def flow_costs(
     result: Clips = run.result
     delivered = sum(clip.actual_duration or 0.0 for clip in result.clips)
     return {
-        "total_cost_usd": result.total_cost,
-        "total_per_estimate": result.total_cost / estimate,
+        "total_cost_usd": result.total_cost if estimate is not None else None,
+        "total_per_estimate": result.total_cost / estimate if estimate else None,
         "delivered_s": delivered,
         "retries": sum(clip.retry_count for clip in result.clips),
     }
@@ -119,10 +127,11 @@ def measure_cost(
         job = mix_job(new_tag(), spec, EXAMPLE_TARGETS_S)
         plan = plan_for(spec, job, root / "references")
         row = planned_row(spec, plan)
+        estimate = row["estimate_usd"]
         if spec.key in run_models or spec.key == main_model:
-            row["flow"] = flow_costs(fake, root / "data", spec, plan.estimated_cost, fail_first=False)
+            row["flow"] = flow_costs(fake, root / "data", spec, estimate, fail_first=False)
         if spec.key == main_model:
-            retried = flow_costs(fake, root / "data", spec, plan.estimated_cost, fail_first=True)
+            retried = flow_costs(fake, root / "data", spec, estimate, fail_first=True)
         rows.append(row)
     main = next(row for row in rows if row["model"] == main_model)
     assert main["flow"] is not None and retried is not None  # the main model always runs

@@ -88,27 +88,34 @@ def format_table(figures: list[Figure]) -> str:
 
 
 def format_cost_table(rows: list[dict[str, Any]]) -> str:
+    """benchmarks/cost.py's rows; money the catalog cannot price (None) shows as "unknown", not $0."""
     lines = [
-        "| Model | Clips | Target s | Requested s | Requested / target | Paid beyond target | Estimate "
-        "| Sum of clip costs | Sum / estimate | Delivered s |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Model | Price | Scene image | Clips | Target s | Requested s | Requested / target "
+        "| Paid beyond target | Estimate | Sum of clip costs | Sum / estimate | Delivered s |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         run = row.get("flow")
         cells = [
             row["model"],
+            row["price"],
+            "yes" if row["scene_image"] else "no",
             str(row["clips"]),
             f"{row['target_s']:.1f}",
             f"{row['requested_s']:.2f}",
             f"{row['requested_per_target']:.3f}",
-            f"${row['paid_beyond_target_usd']:.3f}",
-            f"${row['estimate_usd']:.3f}",
-            f"${run['total_cost_usd']:.3f}" if run else "not run",
-            f"{run['total_per_estimate']:.3f}" if run else "",
+            _usd(row["paid_beyond_target_usd"]),
+            _usd(row["estimate_usd"]),
+            _usd(run["total_cost_usd"]) if run else "not run",
+            f"{run['total_per_estimate']:.3f}" if run and run["total_per_estimate"] is not None else "",
             f"{run['delivered_s']:.2f}" if run else "",
         ]
         lines.append("| " + " | ".join(_cell(text) for text in cells) + " |")
     return "\n".join(lines)
+
+
+def _usd(amount: float | None) -> str:
+    return "unknown" if amount is None else f"${amount:.3f}"
 
 
 def format_machine(machine: dict[str, Any]) -> str:

@@ -64,7 +64,7 @@ def _catalog_row(spec: ModelSpec) -> tuple[str, ...]:
         _durations(spec),
         _aspect_ratios(spec),
         _start_image(spec),
-        _price(spec),
+        price_label(spec),
         f"{spec.timeout_s:g} s",
         " ".join(spec.notes),
     )
@@ -107,7 +107,8 @@ def _start_image(spec: ModelSpec) -> str:
     return "required" if spec.requires_image else "optional"
 
 
-def _price(spec: ModelSpec) -> str:
+def price_label(spec: ModelSpec) -> str:
+    """The price cell: "$0.070/s (Replicate)", "$0.07/run (est.)" or "unknown" (also the cost benchmark's)."""
     if not spec.price_known:
         return "unknown"
     if spec.price_per_run and not spec.price_per_second:

@@ -104,10 +104,18 @@ def test_the_figures_are_sane(quick: tuple[str, dict[str, Any]]) -> None:
 def test_the_cost_table_covers_every_model(quick: tuple[str, dict[str, Any]]) -> None:
     from clipgen.catalog import MODELS
 
-    rows = {row["model"]: row for row in quick[1]["cost"]}
+    table, document = quick
+    rows = {row["model"]: row for row in document["cost"]}
     assert set(rows) == set(MODELS)
-    for row in rows.values():
-        assert row["target_s"] > 0 and row["requested_s"] > 0 and row["estimate_usd"] > 0
+    for key, row in rows.items():
+        assert row["target_s"] > 0 and row["requested_s"] > 0
+        # A model that needs a start image is planned with one; an unknown price is unknown, never $0.
+        assert row["scene_image"] or not MODELS[key].requires_image
+        if MODELS[key].price_known:
+            assert row["price_known"] and row["estimate_usd"] > 0
+        else:
+            assert not row["price_known"] and row["estimate_usd"] is None
+            assert f"| {key} | unknown |" in table
 
 
 def test_the_machine_is_described(quick: tuple[str, dict[str, Any]]) -> None:
