@@ -3,7 +3,7 @@
 What a worker does with a job's images: planning verifies and caches each distinct reference once
 (`clipgen.references.cache_image`, as for a data: URI, a fetch or a store:// image), then every
 clip's request asks the Replicate provider for its image cropped and sized for the model (1920x1080 for
-veo-3.1 at 16:9), up to `concurrency` clips at once. The provider's image step (`_image_uri`) is called
+veo-3.1 at 16:9), up to `concurrency` clips at once. The provider's image step (`_images.uri`) is called
 directly, 20 times on 5 threads, without a network: the images are smooth enough to go inline as data: URIs.
 The local provider's cases call its image step (`LocalProvider._image`: the scene fitted to the 1920x1080
 frame, kept for the run's later clips) the same way; the rendering is not measured. In a checkout from
@@ -103,7 +103,7 @@ def image_step(provider_name: str) -> Callable[[Path], bool]:
         from clipgen.providers.replicate import ReplicateProvider
 
         replicate = ReplicateProvider(Client(api_token="unused"))
-        return lambda path: replicate._image_uri(str(path), "16:9", (1920, 1080)).startswith("data:image/")
+        return lambda path: replicate._images.uri(str(path), "16:9", (1920, 1080)).startswith("data:image/")
     from clipgen.providers.local import LocalProvider
 
     local = LocalProvider()

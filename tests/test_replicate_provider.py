@@ -437,7 +437,7 @@ def dying_process(
     with another_process(fake) as dying:
         work = JobWork(store, dying, owner=f"run-dead-{uuid4().hex[:8]}").clip(plan)
         with work.hold():
-            yield work, lambda: send_create(dying._client, build_request(plan, dying._image_uri))
+            yield work, lambda: send_create(dying._client, build_request(plan, dying._images.uri))
 
 
 def died_in_create(fake: FakeReplicateServer, store: LocalStore, plan: ClipPlan) -> str:

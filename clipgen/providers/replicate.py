@@ -21,47 +21,53 @@ failure ends the attempt with a typed error (clipgen.errors) for the clip task t
 prediction's error is only text: `prediction_error` turns it into a type, here at the edge, and nothing
 after reads the text again.
 
-Predictions are read as plain JSON (`RemotePrediction`): replicate 1.0.7's models refuse the `aborted`
-status, and one aborted prediction in a listed page would otherwise hide the whole page.
+Replicate's answers are read by clipgen/providers/replicate_api.py: predictions as plain JSON, failures as
+typed errors.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
-import re
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
-from PIL import Image
-from pydantic import BaseModel, ConfigDict
 from replicate.client import Client
 from replicate.exceptions import ReplicateError
 
 from clipgen.errors import (
     ConfigurationError,
-    ContentRejected,
     GenerationError,
     HintTooLong,
     LostCreateUnresolved,
     NotFound,
     OutputGone,
-    PermanentError,
     TransientError,
 )
 from clipgen.files import atomic_write
-from clipgen.images import encode_image, fit_image, load_image
-from clipgen.model_inputs import ModelRequest, build_request
+from clipgen.model_inputs import PLACEHOLDER_URI, ModelRequest, build_request
 from clipgen.model_schema import InputSchema
-from clipgen.once import OncePerKey
 from clipgen.planning import ClipPlan
 from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
+from clipgen.providers.replicate_api import (
+    LIVE,
+    TERMINAL,
+    PredictionPage,
+    RemotePrediction,
+    api_error,
+    api_time,
+    ended_status,
+    error_text,
+    output_url,
+    prediction_error,
+    rate_limit_delay,
+    same_input,
+    typed,
+)
+from clipgen.providers.replicate_images import ReferenceUploads
 from clipgen.retrying import retried
 from clipgen.settings import Settings
 from clipgen.throttle import AdaptiveLimit, Slot
@@ -69,13 +75,6 @@ from clipgen.throttle import AdaptiveLimit, Slot
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LIVE = frozenset({"starting", "processing"})
-TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
-TRANSIENT_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-INLINE_IMAGE_BYTES = 256 * 1024
-# Prepared images a provider keeps for its run: over a hundred inline ones. A job of more distinct images
-# prepares again one its clips come back to after that many others.
-KEPT_URI_BYTES = 48 * 1024 * 1024
 DOWNLOAD_ATTEMPTS = 3
 # How far our clock and Replicate's may disagree when matching a prediction to the create that made it.
 CLOCK_SKEW = timedelta(seconds=30)
@@ -84,38 +83,6 @@ CLOCK_SKEW = timedelta(seconds=30)
 CREATE_WINDOW = timedelta(minutes=10)
 # How far back (in pages of the prediction list, newest first) to look for the prediction a lost create made.
 LOST_CREATE_PAGES = 5
-# Where a Files API upload lives; another process's upload of the same image has another id.
-_FILES_PATH = re.compile(r"/v1/files/[^/]+")
-_RESET_HINT = re.compile(r"resets in ~?\s*(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
-_CONTENT_MARKERS = ("flagged", "sensitive", "nsfw", "safety", "content policy", "moderation", "e005")
-_INPUT_MARKERS = ("invalid input", "validation", "not supported", "unsupported")
-
-
-class RemotePrediction(BaseModel):
-    """A prediction as the API returns it, whatever its status says (`aborted` included)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: str
-    status: str
-    model: str | None = None
-    version: str | None = None
-    input: dict[str, Any] | None = None
-    output: Any = None
-    error: Any = None
-    created_at: str | None = None
-    metrics: dict[str, Any] | None = None
-
-    def created(self) -> datetime:
-        created = datetime.fromisoformat(str(self.created_at).replace("Z", "+00:00"))
-        return created if created.tzinfo else created.replace(tzinfo=UTC)
-
-
-class _Page(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    results: list[RemotePrediction]
-    next: str | None = None
 
 
 class ReplicateProvider:
@@ -144,8 +111,7 @@ class ReplicateProvider:
         self._downloads = downloads or httpx.Client(
             timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True
         )
-        # Data URIs (up to INLINE_IMAGE_BYTES of JPEG each) and Files API links, kept for the run's clips.
-        self._image_uris: OncePerKey[tuple[str, str, tuple[int, int]], str] = OncePerKey(KEPT_URI_BYTES, len)
+        self._images = ReferenceUploads(client)
 
     def close(self) -> None:
         self._downloads.close()
@@ -172,11 +138,11 @@ class ReplicateProvider:
             while True:
                 fresh = prediction is None
                 if prediction is None:
-                    request = request or build_request(plan, self._image_uri)
+                    request = request or build_request(plan, self._images.uri)
                     prediction = self._create(request, work, slot)
                 prediction = self._wait(prediction, plan.timeout_s, work)
                 try:
-                    self._download(_output_url(prediction), dest)
+                    self._download(output_url(prediction), dest)
                 except OutputGone:
                     work.ended(prediction.id, "gone")
                     if fresh:
@@ -227,7 +193,7 @@ class ReplicateProvider:
             if prediction.status in LIVE or prediction.status == "succeeded":
                 log.info("re-attaching to prediction %s (%s)", prediction.id, prediction.status)
                 return prediction
-            work.ended(prediction.id, _ended(prediction.status), _error_text(prediction))
+            work.ended(prediction.id, ended_status(prediction.status), error_text(prediction))
         return None
 
     def _recover(self, plan: ClipPlan, work: PaidWork) -> RemotePrediction | None:
@@ -237,7 +203,7 @@ class ReplicateProvider:
         lost = work.lost_creates()
         if not lost:
             return None
-        request = build_request(plan, self._image_uri)
+        request = build_request(plan, self._images.uri)
         adopted: RemotePrediction | None = None
         for intent in lost:
             made = self._made_by(request, intent)
@@ -246,7 +212,7 @@ class ReplicateProvider:
                 continue
             work.found(intent.id, made.id)
             if made.status in TERMINAL and made.status != "succeeded":
-                work.ended(made.id, _ended(made.status), _error_text(made))
+                work.ended(made.id, ended_status(made.status), error_text(made))
             elif adopted is None:
                 adopted = made
         return adopted
@@ -324,7 +290,7 @@ class ReplicateProvider:
             p
             for p in recent
             if p.id not in intent.known
-            and _same_input(p.input, request.input)
+            and same_input(p.input, request.input)
             and (p.version == request.version if request.version else p.model == request.model)
         ]
         if len(matches) > 1:
@@ -341,11 +307,11 @@ class ReplicateProvider:
         Every page is filtered here as well: the window is only a hint to the API."""
         found: list[RemotePrediction] = []
         url = "/v1/predictions?" + urlencode(
-            {"created_after": _api_time(since), "created_before": _api_time(until)}
+            {"created_after": api_time(since), "created_before": api_time(until)}
         )
         for _ in range(LOST_CREATE_PAGES):
             try:
-                page = _Page.model_validate(self._call("GET", url))
+                page = PredictionPage.model_validate(self._call("GET", url))
             except (GenerationError, ValueError) as exc:
                 raise LostCreateUnresolved(
                     f"cannot tell whether a lost create made a prediction: {exc}"
@@ -372,7 +338,7 @@ class ReplicateProvider:
     def _call(self, method: str, path: str) -> Any:
         """One API call through the client (its auth, base URL and transport), the answer as JSON, failures
         typed. The client's own models are not used to read it (see the module's docstring)."""
-        return _api(lambda: self._client._request(method, path).json())
+        return typed(lambda: self._client._request(method, path).json())
 
     def _wait(self, prediction: RemotePrediction, timeout_s: float, work: PaidWork) -> RemotePrediction:
         deadline = time.monotonic() + timeout_s
@@ -385,8 +351,8 @@ class ReplicateProvider:
                 raise TransientError(f"{reason}; canceled it")
             time.sleep(min(self._poll_interval_s, remaining))
             prediction = self._get(prediction.id)
-        error = _error_text(prediction)
-        work.ended(prediction.id, _ended(prediction.status), error)
+        error = error_text(prediction)
+        work.ended(prediction.id, ended_status(prediction.status), error)
         if prediction.status == "succeeded":
             return prediction
         if prediction.status == "failed":
@@ -406,34 +372,9 @@ class ReplicateProvider:
         except (httpx.HTTPError, OSError) as exc:
             raise TransientError(f"downloading {url} failed {DOWNLOAD_ATTEMPTS} times: {exc!r}") from exc
 
-    # --- images -------------------------------------------------------------------------------------------
-
-    def _image_uri(self, path: str, aspect_ratio: str, size: tuple[int, int]) -> str:
-        """The image cropped to the ratio and sized exactly (SVD rounds other sizes down to multiples of 64,
-        changing the shape): inline as a data URI when small, else through the Files API.
-
-        Prepared once per image and size: clips that start together wait on the first one's gate instead of
-        each decoding (and uploading) the same image; a failed preparation leaves the next clip to try."""
-        return self._image_uris.get(
-            (path, aspect_ratio, size), lambda: self._prepare_image(path, aspect_ratio, size)
-        )
-
-    def _prepare_image(self, path: str, aspect_ratio: str, size: tuple[int, int]) -> str:
-        # Decoded reduced to what still covers `size`: a 4096x4096 reference never sits in memory whole.
-        image = load_image(Path(path), cover=size)
-        fitted = fit_image(image, aspect_ratio, "crop").resize(size, Image.Resampling.LANCZOS)
-        data = encode_image(fitted, "JPEG", 90)
-        if len(data) <= INLINE_IMAGE_BYTES:
-            return "data:image/jpeg;base64," + base64.b64encode(data).decode()
-        upload = io.BytesIO(data)
-        file = _api(
-            lambda: self._client.files.create(upload, filename="reference.jpg", content_type="image/jpeg")
-        )
-        return str(file.urls["get"])
-
 
 def _no_upload(path: str, aspect_ratio: str, max_size: tuple[int, int]) -> str:
-    return ""
+    return PLACEHOLDER_URI  # the request is built for its notes only
 
 
 def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
@@ -445,77 +386,3 @@ def _stream_to(client: httpx.Client, url: str, dest: Path) -> None:
         response.raise_for_status()
         for chunk in response.iter_bytes(1 << 20):
             handle.write(chunk)
-
-
-def _api_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _ended(status: str) -> RemoteStatus:
-    return status if status in TERMINAL else "canceled"  # type: ignore[return-value]
-
-
-def _error_text(prediction: RemotePrediction) -> str | None:
-    return None if prediction.error is None else str(prediction.error)
-
-
-def _same_input(theirs: dict[str, Any] | None, ours: dict[str, Any]) -> bool:
-    """Equal inputs, where two Files API links count as the same image: another process uploads it anew."""
-    if theirs is None or theirs.keys() != ours.keys():
-        return False
-    return all(
-        a == b
-        or (isinstance(a, str) and isinstance(b, str) and _FILES_PATH.search(a) and _FILES_PATH.search(b))
-        for a, b in ((theirs[key], ours[key]) for key in ours)
-    )
-
-
-def _output_url(prediction: RemotePrediction) -> str:
-    output: Any = prediction.output
-    if isinstance(output, list) and output:
-        output = output[0]
-    if output is None:
-        # Succeeded, and the output has since been removed (data_removed): it cannot be had any more.
-        raise OutputGone(f"prediction {prediction.id} succeeded but its output was removed")
-    if not isinstance(output, str) or not output.startswith(("http://", "https://")):
-        # Nothing to download now or later: as good as gone (abandoned, not adopted again).
-        raise OutputGone(f"prediction {prediction.id} succeeded without a video URL: {output!r}")
-    return output
-
-
-def _api(call: Callable[[], T]) -> T:
-    """One API call, its failures typed."""
-    try:
-        return call()
-    except ReplicateError as exc:
-        raise api_error(exc) from exc
-    except httpx.TransportError as exc:
-        raise TransientError(f"Replicate API unreachable: {exc!r}") from exc
-    except ValueError as exc:
-        # Not JSON, or not a prediction (a proxy's error page): ask again later.
-        raise TransientError(f"Replicate answered something that cannot be read: {exc}") from exc
-
-
-def api_error(exc: ReplicateError) -> GenerationError:
-    """429, 5xx and unknown statuses may pass; 4xx (invalid input, auth, not found) will not."""
-    message = f"Replicate API {exc.status}: {exc.detail or exc.title or 'no detail'}"
-    if exc.status is None or exc.status in TRANSIENT_STATUS or exc.status >= 500:
-        return TransientError(message, retry_after=rate_limit_delay(exc) if exc.status == 429 else None)
-    return NotFound(message) if exc.status == 404 else PermanentError(message)
-
-
-def prediction_error(prediction_id: str, error: str | None) -> GenerationError:
-    """A failed prediction: refused content and invalid input are final; anything else may pass."""
-    message = f"prediction {prediction_id} failed: {error or 'no error given'}"
-    lowered = message.lower()
-    if any(marker in lowered for marker in _CONTENT_MARKERS):
-        return ContentRejected(message)
-    if any(marker in lowered for marker in _INPUT_MARKERS):
-        return PermanentError(message)
-    return TransientError(message)
-
-
-def rate_limit_delay(exc: ReplicateError) -> float:
-    """Seconds until the rate limit resets, from the API's hint ("... resets in ~30s."), else 1 s."""
-    match = _RESET_HINT.search(exc.detail or "")
-    return float(match.group(1)) if match else 1.0
