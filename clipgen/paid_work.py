@@ -152,7 +152,7 @@ class JobWork:
             lambda: self.provider.cancel(prediction_id),
             retry_on=lambda exc: True,
             tries=CANCEL_ATTEMPTS,
-            task_cannot_redo=True,  # a later attempt does not cancel what this one left running
+            retry_inside_attempt=True,  # a later attempt does not cancel what this one left running
         )
 
 
@@ -393,5 +393,5 @@ def _with_retries(what: str, write: Callable[[], object]) -> None:
         retry_on=lambda exc: not isinstance(exc, StoreError) or isinstance(exc, TransientError),
         tries=LEDGER_WRITE_ATTEMPTS,
         first_delay_s=0.2,
-        task_cannot_redo=True,
+        retry_inside_attempt=True,
     )

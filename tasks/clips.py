@@ -1,7 +1,9 @@
 """The clip and thumbnail tasks: a few lines around a clipgen function; the policy is in the decorator.
 
 This module owns the clip-level retry policy: `generate_clip`'s decorator, with the worker's backoff put in
-by `clip_task` when a run starts. The flow runs `clip_task(settings)` and sets nothing of its own.
+by `clip_task` when a run starts. The flow runs `clip_task(settings)` and sets nothing of its own. Each
+attempt runs in `attempt_retried_by_task`, so nothing inside it retries in place on top of these retries
+(clipgen/retrying.py; the budgets are in tasks/__init__.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from clipgen.errors import is_retryable
 from clipgen.job import Clip
 from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbnail
 from clipgen.planning import ClipPlan
+from clipgen.retrying import attempt_retried_by_task
 from clipgen.settings import Settings
 
 CLIP_RETRIES = 2  # 3 attempts
@@ -67,15 +70,16 @@ def generate_clip(plan: ClipPlan) -> Clip:
     delays = context.task.retry_delay_seconds
     number = max(1, context.task_run.run_count)
     next_delay = float(delays[number - 1]) if isinstance(delays, list) and number <= len(delays) else 0.0
-    return produce_clip(
-        plan,
-        backends.provider,
-        backends.work.clip(plan),
-        job_work_dir(backends.settings.work_dir, plan),
-        Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
-        started_at=context.task_run.start_time,
-        slot=prediction_slot(backends, context.task_run.flow_run_id),
-    )
+    with attempt_retried_by_task():  # this decorator's retries stand in for in-place ones
+        return produce_clip(
+            plan,
+            backends.provider,
+            backends.work.clip(plan),
+            job_work_dir(backends.settings.work_dir, plan),
+            Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
+            started_at=context.task_run.start_time,
+            slot=prediction_slot(backends, context.task_run.flow_run_id),
+        )
 
 
 def clip_task(settings: Settings) -> Task[[ClipPlan], Clip]:
@@ -131,4 +135,5 @@ def _look_up_limit(flow_run_id: UUID | None, name: str) -> bool:
 def generate_thumbnail(plan: ClipPlan) -> str:
     """First frame, 320x180 letterboxed JPEG, stored and announced."""
     _, backends = _context()
-    return produce_thumbnail(plan, backends.store, job_work_dir(backends.settings.work_dir, plan))
+    with attempt_retried_by_task():
+        return produce_thumbnail(plan, backends.store, job_work_dir(backends.settings.work_dir, plan))

@@ -368,6 +368,9 @@ class ReplicateProvider:
                 lambda: _stream_to(self._downloads, url, dest),
                 retry_on=lambda exc: isinstance(exc, (httpx.HTTPError, OSError)),
                 tries=DOWNLOAD_ATTEMPTS,
+                # Even inside a clip attempt: a new attempt would redo it only after a backoff, a lease and a
+                # poll, and a paid output lost to a few failed GETs is lost to the run (tasks/__init__.py).
+                retry_inside_attempt=True,
             )
         except (httpx.HTTPError, OSError) as exc:
             raise TransientError(f"downloading {url} failed {DOWNLOAD_ATTEMPTS} times: {exc!r}") from exc

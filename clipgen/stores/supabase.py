@@ -9,9 +9,10 @@ the file's path, so storage3 streams it from disk instead of holding the clip in
 deterministic, so a retried upload overwrites rather than duplicates, and it is kept beside the signed link
 so the link can be re-signed when it expires.
 
-Retries: each small request (records, leases, reads, signs) is retried here through clipgen.retrying; an
-upload is sent once per call, and the clip task retries it. Failures are StoreFailed or StoreRefused
-(clipgen.errors).
+Retries: a small request (records, leases, reads, signs) goes through clipgen.retrying, which tries it again
+in place only where nothing above retries it (serve, the CLI, the queue, the flow's own reads); inside a clip
+attempt it is sent once and the clip task retries the attempt. An upload is sent once per call everywhere.
+Budgets: tasks/__init__.py. Failures are StoreFailed or StoreRefused (clipgen.errors).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ class SupabaseStore:
         files = self._client.storage.from_(bucket)
         # A Path, not bytes: storage3 opens it and httpx streams it in chunks.
         options: FileOptions = {"content-type": content_type, "upsert": "true"}
-        # Sent once: the one large request; its retries are the clip task's (tasks/__init__.py).
+        # Sent once, everywhere: the one large request; its retries are the clip task's (tasks/__init__.py).
         _once(f"upload {bucket}/{path}", lambda: files.upload(path, source, options))
         return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
 
@@ -338,7 +339,8 @@ def _row(record: ClipRecord | ThumbnailRecord | PredictionRecord, exclude: set[s
 
 def _retry(what: str, call: Callable[[], T]) -> T:
     """A small idempotent request, tried again in place while it fails in a way that may pass (429, 5xx, a
-    reset); then StoreFailed, which the clip task may retry with the rest of its attempt."""
+    reset), unless a retry above stands in for it (a clip attempt's task, a ledger write's tries): then
+    sent once. What is not served is StoreFailed, which the clip task may retry with its attempt."""
     return retried(what, lambda: _once(what, call), retry_on=is_retryable)
 
 
