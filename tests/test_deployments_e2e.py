@@ -23,7 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from clipgen.catalog import MODELS
-from clipgen.job import ClipPrompts, GenerationOptions
+from clipgen.job import OWNER_NAME_PATTERN, ClipPrompts, GenerationOptions
 from clipgen.job_files import load_job
 from clipgen.stores.local import LocalStore
 from tests.browser import SCREENSHOTS, headless_chromium
@@ -89,14 +89,19 @@ def test_the_run_form_offers_choices_with_descriptions_and_defaults(prefect_stac
     assert schema is not None
     parameters = schema["properties"]
     options = schema["definitions"]["GenerationOptions"]["properties"]
+    # The model: a select of the catalog, or any Replicate model as owner/name (free text, a pattern).
+    catalog, any_model = options["model"]["anyOf"]
+    assert (catalog["type"], catalog["enum"]) == ("string", list(MODELS))
+    assert (any_model["type"], any_model["pattern"]) == ("string", OWNER_NAME_PATTERN)
+    assert "owner/name" in options["model"]["description"] and "owner/name" in any_model["description"]
     choices = {
-        "model": options["model"],
+        "model": catalog | {"default": options["model"]["default"]},
         "aspect_ratio": options["aspect_ratio"],
         "provider": parameters["provider"],
         "store": parameters["store"],
     }
-    assert choices["model"]["enum"] == list(MODELS)
-    assert choices["aspect_ratio"]["enum"] == ["16:9", "9:16", "1:1", "3:2"]
+    every_ratio = dict.fromkeys(ratio for spec in MODELS.values() for ratio in spec.aspect_ratios)
+    assert choices["aspect_ratio"]["enum"] == list(every_ratio)
     assert choices["provider"]["enum"] == ["worker-default", "local", "replicate"]
     assert choices["store"]["enum"] == ["worker-default", "local", "supabase"]
     for name, choice in choices.items():
@@ -345,13 +350,7 @@ def test_the_run_form_in_the_ui_takes_a_pasted_job_and_runs_with_what_it_shows(
 ) -> None:
     """The deployment's Custom run page, as a user fills it: the choices show their defaults, the job is
     pasted as JSON (the field's menu, "Use JSON input"), Submit; the run gets the values shown, completes."""
-    with prefect_stack.client() as client:
-        deployment = client.read_deployment_by_name(ON_DEMAND)
-    browser.get(f"{prefect_stack.ui_url}/deployments/deployment/{deployment.id}/run")
-    deadline = time.monotonic() + 60
-    while not browser.execute_script(_PROPERTY, "store"):
-        assert time.monotonic() < deadline, browser.execute_script("return document.body.innerText")[:2000]
-        time.sleep(0.25)
+    deployment_id = _open_run_form(prefect_stack, browser)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.set_window_size(1400, 2600)  # the whole form in one picture
     browser.save_screenshot(str(SCREENSHOTS / "prefect-ui-run-form.png"))
@@ -375,6 +374,69 @@ def test_the_run_form_in_the_ui_takes_a_pasted_job_and_runs_with_what_it_shows(
     assert [option.get_attribute("value") for option in offered] == ["worker-default", "local", "replicate"]
 
     job = _one_clip_job()
+    _paste_job_and_submit(browser, job)
+
+    run = _wait_for_run_of_job(prefect_stack, deployment_id, job["job_id"], browser)
+    assert run.parameters == {
+        "job": job,
+        "options": GenerationOptions().model_dump(mode="json"),
+        "provider": "worker-default",
+        "store": "worker-default",
+    }
+    finished = prefect_stack.wait_for_flow_run(run.id)
+    assert finished.state is not None
+    assert finished.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
+
+
+def test_the_run_form_takes_any_replicate_model_as_owner_name(
+    prefect_stack: PrefectStack, browser: webdriver.Chrome
+) -> None:
+    """The Model field's other branch, free text: the run gets the owner/name pasted there. This worker has no
+    REPLICATE_API_TOKEN to read the model's schema with, so the flow refuses it naming options.model."""
+    deployment_id = _open_run_form(prefect_stack, browser)
+    model = browser.execute_script(_PROPERTY, "Model")
+    branches = model.find_elements(By.CSS_SELECTOR, ".p-button-group__button")
+    assert [b.text.strip() for b in branches] == ["Catalog model", "Any Replicate video model"]
+    branches[1].click()
+    # The field is drawn again for the branch chosen: a text box in place of the select. The name is pasted
+    # (one input event): the classic UI puts any string back under the first string branch as it changes,
+    # so a name typed key by key would leave the text box after its first letter.
+    deadline = time.monotonic() + 10
+    while not (boxes := browser.execute_script(_PROPERTY, "Model").find_elements(By.TAG_NAME, "textarea")):
+        assert time.monotonic() < deadline, browser.execute_script(_PROPERTY, "Model").text
+        time.sleep(0.25)
+    browser.execute_script(_PASTE, boxes[0], "pixverse/pixverse-v5")
+    job = _one_clip_job()
+    _paste_job_and_submit(browser, job)
+
+    run = _wait_for_run_of_job(prefect_stack, deployment_id, job["job_id"], browser)
+    assert run.parameters["options"]["model"] == "pixverse/pixverse-v5"
+    finished = prefect_stack.wait_for_flow_run(run.id)
+    assert finished.state is not None and finished.state.type == StateType.FAILED
+    logs = prefect_stack.flow_run_logs(run.id)
+    assert "options.model: pixverse/pixverse-v5 is not in the catalog" in logs, logs
+
+
+_PASTE = """
+arguments[0].value = arguments[1];
+arguments[0].dispatchEvent(new Event('input', {bubbles: true}));
+"""
+
+
+def _open_run_form(stack: PrefectStack, browser: webdriver.Chrome) -> UUID:
+    """The on-demand deployment's Custom run page, loaded; the deployment's id."""
+    with stack.client() as client:
+        deployment = client.read_deployment_by_name(ON_DEMAND)
+    browser.get(f"{stack.ui_url}/deployments/deployment/{deployment.id}/run")
+    deadline = time.monotonic() + 60
+    while not browser.execute_script(_PROPERTY, "store"):
+        assert time.monotonic() < deadline, browser.execute_script("return document.body.innerText")[:2000]
+        time.sleep(0.25)
+    return deployment.id
+
+
+def _paste_job_and_submit(browser: webdriver.Chrome, job: dict[str, Any]) -> None:
+    """The job pasted as JSON (the field's menu, "Use JSON input"), then Submit."""
     browser.execute_script(_PROPERTY, "job").find_element(
         By.CSS_SELECTOR, ".schema-form-property-menu button"
     ).click()
@@ -386,17 +448,6 @@ def test_the_run_form_in_the_ui_takes_a_pasted_job_and_runs_with_what_it_shows(
     editor.send_keys(Keys.DELETE)
     editor.send_keys(json.dumps(job))
     next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit").click()
-
-    run = _wait_for_run_of_job(prefect_stack, deployment.id, job["job_id"], browser)
-    assert run.parameters == {
-        "job": job,
-        "options": GenerationOptions().model_dump(mode="json"),
-        "provider": "worker-default",
-        "store": "worker-default",
-    }
-    finished = prefect_stack.wait_for_flow_run(run.id)
-    assert finished.state is not None
-    assert finished.state.type == StateType.COMPLETED, prefect_stack.flow_run_logs(run.id)
 
 
 def _wait_for_run_of_job(
