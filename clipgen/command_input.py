@@ -20,7 +20,13 @@ import pydantic
 from clipgen import failures
 from clipgen.backends import close_quietly, open_provider, open_store
 from clipgen.catalog import MODELS
-from clipgen.errors import ConfigurationError, ValidationError, VideoGeneratorError
+from clipgen.errors import (
+    ConfigurationError,
+    GenerationError,
+    StoreError,
+    ValidationError,
+    VideoGeneratorError,
+)
 from clipgen.job import GenerationOptions
 from clipgen.job_files import JobFile, read_job
 from clipgen.model_lookup import SchemaSource, schema_for_job, schema_object_path
@@ -98,6 +104,12 @@ def schema_for_command(
                     "REPLICATE_BASE_URL for another API), or choose a catalog model",
                 )
             return schema_for_job(model, job_id, store, source)
+        except StoreError:
+            raise  # the store's own failure (some are also GenerationErrors), not Replicate's
+        except GenerationError as exc:  # Replicate refused the token, or did not answer
+            raise ValidationError.one(
+                "options.model", f"{model}'s input schema could not be read from Replicate: {exc}"
+            ) from exc
         finally:
             close_quietly(source)
     finally:

@@ -202,6 +202,20 @@ def test_without_a_token_the_refusal_says_what_to_set(
     assert "set REPLICATE_API_TOKEN" in done.stderr
 
 
+def test_a_token_replicate_refuses_exits_2_naming_the_option(
+    fake: FakeReplicateServer, job: Path, tmp_path: Path
+) -> None:
+    env = {"REPLICATE_API_TOKEN": "not-the-token", "REPLICATE_BASE_URL": fake.base_url}
+    done = run_cli(
+        "run", str(job), "--model", MODEL, home=tmp_path / "home", data_dir=tmp_path / "data", env=env
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"options.model: {MODEL}'s input schema could not be read from Replicate: Replicate API 401" in (
+        done.stderr
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_the_help_says_model_takes_owner_name(fake: FakeReplicateServer, tmp_path: Path) -> None:
     done = cli(fake, tmp_path, "run", "--help")
     assert "--model KEY|OWNER/NAME" in done.stdout and "--price-per-second USD" in done.stdout
