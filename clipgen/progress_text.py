@@ -60,8 +60,15 @@ def event_line(name: str, data: dict[str, Any]) -> str | None:
     return None
 
 
-def summary_lines(result: Clips, completed: bool, message: str, output: Path | None) -> list[str]:
-    """The run's outcome, one line per clip, what was paid, and where the result was written."""
+def summary_lines(
+    result: Clips, completed: bool, message: str, output: Path | None, price_known: bool = True
+) -> list[str]:
+    """The run's outcome, one line per clip, what was paid, and where the result was written. Without a
+    known price the amounts are not shown as $0.00: the model's bill is Replicate's to tell."""
+
+    def usd(amount: float) -> str:
+        return f"${amount:.2f}" if price_known else "price unknown"
+
     reused = sum(clip.reused for clip in result.clips)
     made = sum(clip.status == "success" and not clip.reused for clip in result.clips)
     if reused and not made:
@@ -75,15 +82,15 @@ def summary_lines(result: Clips, completed: bool, message: str, output: Path | N
             shape = f"{clip.width}x{clip.height}"
             note = "  (reused)" if clip.reused else ""
             lines.append(
-                f"  clip {clip.clip_index}: {seconds} {shape} ${clip.cost:.2f}  {clip.video_url}{note}"
+                f"  clip {clip.clip_index}: {seconds} {shape} {usd(clip.cost)}  {clip.video_url}{note}"
             )
         else:
             lines.append(
                 f"  clip {clip.clip_index}: failed after {clip.retry_count + 1} attempt(s): {clip.error}"
             )
     lines.append(
-        f"  this run: {made} generated, {reused} reused, paid ${result.spent_this_run:.2f} · all runs paid "
-        f"${result.spent_all_runs:.2f} · the clips cost ${result.total_cost:.2f} · "
+        f"  this run: {made} generated, {reused} reused, paid {usd(result.spent_this_run)} · all runs paid "
+        f"{usd(result.spent_all_runs)} · the clips cost {usd(result.total_cost)} · "
         f"{result.total_generation_time:.1f} s"
     )
     if output:

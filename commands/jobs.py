@@ -95,7 +95,8 @@ def _run_flow(
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(result.model_dump_json(indent=2))
-    for line in summary_lines(result, state.is_completed(), state.message or "", args.output):
+    price_known = checked.plan.price_known
+    for line in summary_lines(result, state.is_completed(), state.message or "", args.output, price_known):
         print(line)
     return EXIT_OK if state.is_completed() else EXIT_FAILED
 
