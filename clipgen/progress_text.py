@@ -67,7 +67,7 @@ def summary_lines(
     known price the amounts are not shown as $0.00: the model's bill is Replicate's to tell."""
 
     def usd(amount: float) -> str:
-        return f"${amount:.2f}" if price_known else "price unknown"
+        return f"${amount:.2f}" if price_known else "an unknown amount"
 
     reused = sum(clip.reused for clip in result.clips)
     made = sum(clip.status == "success" and not clip.reused for clip in result.clips)

@@ -94,7 +94,7 @@ def test_a_model_the_catalog_has_never_seen_runs_and_a_rerun_reads_no_schema(
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{MODEL} 9:16 · provider replicate · store local · {UNKNOWN_PRICE}" in done.stdout
     # Nothing claims the clips were free: with no known price the summary says so instead of $0.00.
-    assert "paid price unknown" in done.stdout and "$0.00" not in done.stdout
+    assert "paid an unknown amount" in done.stdout and "$0.00" not in done.stdout
     made = sorted(made_for(fake, job), key=lambda p: p["input"]["prompt"])
     assert [(p["model"], p["input"]["seconds"], p["input"]["aspect_ratio"]) for p in made] == [
         (MODEL, seconds, "9:16") for seconds in ASKED
