@@ -87,6 +87,7 @@ def _run_flow(
             printer.join()
         close_quietly(store)
         if server is not None:
+            _send_pending_logs()
             server.stop()
 
     if not isinstance(result, Clips):
@@ -120,6 +121,14 @@ def _connect_prefect(settings: Settings, verbose: bool) -> TemporaryServer | Non
         )
         start(server)
     return server
+
+
+def _send_pending_logs() -> None:
+    # The run's last logs go to the server from a background worker: send them before the temporary server
+    # stops, or Prefect prints "Error logging to API" on the way out (seen on quick reruns).
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
 
 
 def _print_progress(store: ClipStore, job_id: UUID, after: int, stop: threading.Event) -> None:
