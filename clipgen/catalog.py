@@ -31,6 +31,40 @@ _START_ONLY = "not sent: the model takes only start and end frames"
 
 
 def _facts() -> tuple[ModelFacts, ...]:
+    """Every catalog model, the seven original ones first (the order of the docs' table and of `--help`).
+    Partial schemas (Luma Ray 2, PixVerse v5, Wan 2.5 text-to-video) are left out of the catalog;
+    `--model owner/name` still runs them."""
+    by_key = {
+        facts.key: facts
+        for family in (_kling, _minimax_and_wan, _google_and_openai, _seedance, _community)
+        for facts in family()
+    }
+    return tuple(by_key[key] for key in ORDER)
+
+
+ORDER = (
+    "kling-v2.1",
+    "kling-v2.5-turbo",
+    "hailuo-2.3",
+    "wan-2.5-i2v",
+    "veo-3.1",
+    "svd",
+    "cogvideox",
+    "kling-v2.6",
+    "kling-v3",
+    "seedance-1-pro",
+    "seedance-1-lite",
+    "seedance-2.0",
+    "sora-2",
+    "hailuo-2.3-fast",
+    "hailuo-02",
+    "veo-3.1-lite",
+    "veo-3.1-fast",
+)
+
+
+def _kling() -> tuple[ModelFacts, ...]:
+    """Kling (Kuaishou): start and end frames, 5-15 s."""
     return (
         ModelFacts(
             key="kling-v2.1",
@@ -53,6 +87,33 @@ def _facts() -> tuple[ModelFacts, ...]:
             notes=("aspect_ratio is ignored when start_image is given: the image is fitted instead.",),
         ),
         ModelFacts(
+            key="kling-v2.6",
+            title="Kling v2.6 (1080p, no audio)",
+            schema=published_schema("kwaivgi__kling-v2.6"),
+            short_side=1080,
+            price_per_second=0.07,
+            price_confirmed=True,
+            character_references="not sent: the model takes only a start frame",
+            notes=(f"{_SILENT} ($0.07/s instead of $0.14/s).",),
+        ),
+        ModelFacts(
+            key="kling-v3",
+            title="Kling v3 (standard, 720p, no audio)",
+            schema=published_schema("kwaivgi__kling-v3-video"),
+            fixed={"mode": "standard"},
+            short_side=720,
+            price_per_second=0.168,
+            timeout_s=300.0,
+            character_references=_START_ONLY,
+            notes=("Durations 3-15 s; mode standard (720p); audio off.",),
+        ),
+    )
+
+
+def _minimax_and_wan() -> tuple[ModelFacts, ...]:
+    """Hailuo (MiniMax) and Wan: the output follows the first frame."""
+    return (
+        ModelFacts(
             key="hailuo-2.3",
             title="Hailuo 2.3 (768p)",
             schema=published_schema("minimax__hailuo-2.3"),
@@ -65,6 +126,27 @@ def _facts() -> tuple[ModelFacts, ...]:
             notes=("10 s only at 768p (we send 768p); output follows the first frame's shape.",),
         ),
         ModelFacts(
+            key="hailuo-2.3-fast",
+            title="Hailuo 2.3 Fast (768p, image to video)",
+            schema=published_schema("minimax__hailuo-2.3-fast"),
+            fixed={"resolution": "768p"},
+            fps=25.0,
+            timeout_s=300.0,
+            character_references="not sent: the model takes only a first frame",
+            notes=("first_frame_image is required; no price published.",),
+        ),
+        ModelFacts(
+            key="hailuo-02",
+            title="Hailuo 02 (768p)",
+            schema=published_schema("minimax__hailuo-02"),
+            fixed={"resolution": "768p"},  # its default, 1080p, makes 6 s only
+            text_aspect_ratios=("16:9",),
+            fps=25.0,
+            timeout_s=300.0,
+            character_references="not sent: the model takes only first and last frames",
+            notes=("output follows the first frame's shape; 16:9 from text; no price published.",),
+        ),
+        ModelFacts(
             key="wan-2.5-i2v",
             title="Wan 2.5 image-to-video (720p)",
             schema=published_schema("wan-video__wan-2.5-i2v"),
@@ -75,6 +157,12 @@ def _facts() -> tuple[ModelFacts, ...]:
             request_notes={"audio": "the model adds audio; it is kept in the file as delivered"},
             notes=("image is required; resolution sent explicitly (720p).",),
         ),
+    )
+
+
+def _google_and_openai() -> tuple[ModelFacts, ...]:
+    """Veo (Google) and Sora (OpenAI): an aspect-ratio input, a few discrete durations."""
+    return (
         ModelFacts(
             key="veo-3.1",
             title="Google Veo 3.1 (1080p, no audio)",
@@ -85,6 +173,79 @@ def _facts() -> tuple[ModelFacts, ...]:
             quirk="veo_references",
             notes=("generate_audio=false: the audio is discarded and would double the price.",),
         ),
+        ModelFacts(
+            key="veo-3.1-lite",
+            title="Google Veo 3.1 Lite (720p)",
+            schema=published_schema("google__veo-3.1-lite"),
+            fixed={"resolution": "720p"},  # 1080p needs 8 s
+            price_per_second=0.05,
+            character_references="not sent: the model takes only first and last frames",
+            notes=("no audio switch, negative prompt or reference images.",),
+        ),
+        ModelFacts(
+            key="veo-3.1-fast",
+            title="Google Veo 3.1 Fast (1080p, no audio)",
+            schema=published_schema("google__veo-3.1-fast"),
+            fixed={"resolution": "1080p"},
+            price_per_second=0.10,
+            character_references="not sent: the model takes only first and last frames",
+            notes=(f"{_SILENT} ($0.10/s instead of $0.15/s).",),
+        ),
+        ModelFacts(
+            key="sora-2",
+            title="OpenAI Sora 2 (720p)",
+            schema=published_schema("openai__sora-2"),
+            price_per_second=0.10,
+            timeout_s=600.0,
+            character_references="not sent: the model takes only a start frame",
+            notes=("aspect_ratio is landscape/portrait (16:9/9:16); audio is always generated.",),
+        ),
+    )
+
+
+def _seedance() -> tuple[ModelFacts, ...]:
+    """Seedance (ByteDance): whole-second durations and seven ratios."""
+    return (
+        ModelFacts(
+            key="seedance-1-pro",
+            title="Seedance 1 Pro (720p)",
+            schema=published_schema("bytedance__seedance-1-pro"),
+            fixed={"resolution": "720p"},  # its default, 1080p, costs 2.5 times as much
+            # 3-12 s: sources disagree on 2 as the minimum, so it is not offered.
+            durations=Durations(discrete=tuple(float(s) for s in range(3, 13))),
+            price_per_second=0.06,
+            timeout_s=300.0,
+            character_references="not sent: the model takes only first and last frames",
+            notes=("resolution sent as 720p; the schema's default is 1080p at $0.15/s.",),
+        ),
+        ModelFacts(
+            key="seedance-1-lite",
+            title="Seedance 1 Lite (720p)",
+            schema=published_schema("bytedance__seedance-1-lite"),
+            fixed={"resolution": "720p"},
+            price_per_second=0.036,
+            timeout_s=300.0,
+            character_references="not sent: reference images cannot be combined with a first frame",
+            notes=("Durations 2-12 s; resolution sent as 720p.",),
+        ),
+        ModelFacts(
+            key="seedance-2.0",
+            title="Seedance 2.0 (720p, no audio)",
+            schema=published_schema("bytedance__seedance-2.0"),
+            fixed={"resolution": "720p"},
+            # -1 asks the model to choose; wrappers use 4-15 s.
+            durations=Durations(discrete=tuple(float(s) for s in range(4, 16))),
+            price_per_second=0.18,
+            timeout_s=300.0,
+            character_references="not sent: reference images cannot be combined with a first frame",
+            notes=(f"{_SILENT} (generate_audio defaults to true).",),
+        ),
+    )
+
+
+def _community() -> tuple[ModelFacts, ...]:
+    """Community models, run by pinned version and priced by hardware time."""
+    return (
         ModelFacts(
             key="svd",
             title="Stable Video Diffusion (25 frames)",
@@ -127,117 +288,6 @@ def _facts() -> tuple[ModelFacts, ...]:
             character_references="not sent: the model takes at most one image",
             request_notes={"scene_reference": "not sent: CogVideoX 5B is text-to-video"},
             notes=("49 frames at 8 fps; 20-30 steps; price is hardware time, estimated per run.",),
-        ),
-        *_newer_facts(),
-    )
-
-
-def _newer_facts() -> tuple[ModelFacts, ...]:
-    """The models added from their schemas (issue 18). Partial schemas (Luma Ray 2, PixVerse v5, Wan 2.5
-    text-to-video) are left out of the catalog; `--model owner/name` still runs them."""
-    return (
-        ModelFacts(
-            key="kling-v2.6",
-            title="Kling v2.6 (1080p, no audio)",
-            schema=published_schema("kwaivgi__kling-v2.6"),
-            short_side=1080,
-            price_per_second=0.07,
-            price_confirmed=True,
-            character_references="not sent: the model takes only a start frame",
-            notes=(f"{_SILENT} ($0.07/s instead of $0.14/s).",),
-        ),
-        ModelFacts(
-            key="kling-v3",
-            title="Kling v3 (standard, 720p, no audio)",
-            schema=published_schema("kwaivgi__kling-v3-video"),
-            fixed={"mode": "standard"},
-            short_side=720,
-            price_per_second=0.168,
-            timeout_s=300.0,
-            character_references=_START_ONLY,
-            notes=("Durations 3-15 s; mode standard (720p); audio off.",),
-        ),
-        ModelFacts(
-            key="seedance-1-pro",
-            title="Seedance 1 Pro (720p)",
-            schema=published_schema("bytedance__seedance-1-pro"),
-            fixed={"resolution": "720p"},  # its default, 1080p, costs 2.5 times as much
-            # 3-12 s: sources disagree on 2 as the minimum, so it is not offered.
-            durations=Durations(discrete=tuple(float(s) for s in range(3, 13))),
-            price_per_second=0.06,
-            timeout_s=300.0,
-            character_references="not sent: the model takes only first and last frames",
-            notes=("resolution sent as 720p; the schema's default is 1080p at $0.15/s.",),
-        ),
-        ModelFacts(
-            key="seedance-1-lite",
-            title="Seedance 1 Lite (720p)",
-            schema=published_schema("bytedance__seedance-1-lite"),
-            fixed={"resolution": "720p"},
-            price_per_second=0.036,
-            timeout_s=300.0,
-            character_references="not sent: reference images cannot be combined with a first frame",
-            notes=("Durations 2-12 s; resolution sent as 720p.",),
-        ),
-        ModelFacts(
-            key="seedance-2.0",
-            title="Seedance 2.0 (720p, no audio)",
-            schema=published_schema("bytedance__seedance-2.0"),
-            fixed={"resolution": "720p"},
-            # -1 asks the model to choose; wrappers use 4-15 s.
-            durations=Durations(discrete=tuple(float(s) for s in range(4, 16))),
-            price_per_second=0.18,
-            timeout_s=300.0,
-            character_references="not sent: reference images cannot be combined with a first frame",
-            notes=(f"{_SILENT} (generate_audio defaults to true).",),
-        ),
-        ModelFacts(
-            key="sora-2",
-            title="OpenAI Sora 2 (720p)",
-            schema=published_schema("openai__sora-2"),
-            price_per_second=0.10,
-            timeout_s=600.0,
-            character_references="not sent: the model takes only a start frame",
-            notes=("aspect_ratio is landscape/portrait (16:9/9:16); audio is always generated.",),
-        ),
-        ModelFacts(
-            key="hailuo-2.3-fast",
-            title="Hailuo 2.3 Fast (768p, image to video)",
-            schema=published_schema("minimax__hailuo-2.3-fast"),
-            fixed={"resolution": "768p"},
-            fps=25.0,
-            timeout_s=300.0,
-            character_references="not sent: the model takes only a first frame",
-            notes=("first_frame_image is required; no price published.",),
-        ),
-        ModelFacts(
-            key="hailuo-02",
-            title="Hailuo 02 (768p)",
-            schema=published_schema("minimax__hailuo-02"),
-            fixed={"resolution": "768p"},  # its default, 1080p, makes 6 s only
-            text_aspect_ratios=("16:9",),
-            fps=25.0,
-            timeout_s=300.0,
-            character_references="not sent: the model takes only first and last frames",
-            notes=("output follows the first frame's shape; 16:9 from text; no price published.",),
-        ),
-        ModelFacts(
-            key="veo-3.1-lite",
-            title="Google Veo 3.1 Lite (720p)",
-            schema=published_schema("google__veo-3.1-lite"),
-            fixed={"resolution": "720p"},  # 1080p needs 8 s
-            price_per_second=0.05,
-            character_references="not sent: the model takes only first and last frames",
-            notes=("no audio switch, negative prompt or reference images.",),
-        ),
-        ModelFacts(
-            key="veo-3.1-fast",
-            title="Google Veo 3.1 Fast (1080p, no audio)",
-            schema=published_schema("google__veo-3.1-fast"),
-            fixed={"resolution": "1080p"},
-            price_per_second=0.10,
-            character_references="not sent: the model takes only first and last frames",
-            notes=(f"{_SILENT} ($0.10/s instead of $0.15/s).",),
         ),
     )
 

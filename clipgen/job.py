@@ -5,7 +5,6 @@ Unknown extra fields in a job are ignored, so an upstream that adds fields does 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
@@ -25,6 +24,14 @@ from pydantic import (
 from clipgen.catalog import MODELS
 from clipgen.errors import ValidationError
 from clipgen.reference_objects import STORE_PREFIX, is_store_reference, parse_store_reference
+from clipgen.run_form import (
+    ASPECT_RATIO_CHOICES,
+    ASPECT_RATIO_HELP,
+    MODEL_HELP,
+    branch_titles,
+    catalog_or_any_model,
+    in_declared_order,
+)
 from clipgen.stores.base import REFERENCE_BUCKET
 
 MAX_TARGET_SECONDS = 60.0
@@ -101,29 +108,10 @@ Text = Annotated[str, AfterValidator(_text)]
 Reference = Annotated[str, AfterValidator(_reference)]
 
 
-def _in_declared_order(schema: dict[str, Any]) -> None:
-    """Numbers the fields in the order declared here. Prefect's run form sorts fields by `position`, and a
-    Prefect server on PostgreSQL stores the schema as jsonb, which reorders an object's keys."""
-    for position, field in enumerate(schema.get("properties", {}).values()):
-        field["position"] = position
-
-
-def _branch_titles(**titles: str) -> Callable[[dict[str, Any]], None]:
-    """Names the sides of a union field's schema by JSON type (`null="No budget"`): a form labels each side
-    by its title, else by a bare type name ("number", "null")."""
-
-    def name_branches(schema: dict[str, Any]) -> None:
-        for branch in schema.get("anyOf", []):
-            if branch.get("type") in titles:
-                branch["title"] = titles[branch["type"]]
-
-    return name_branches
-
-
 class ClipPrompt(BaseModel):
     """One clip to generate."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, json_schema_extra=_in_declared_order)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, json_schema_extra=in_declared_order)
 
     clip_index: int = Field(
         ge=0, le=MAX_CLIP_INDEX, description="Position of the clip in the job; unique within the job."
@@ -169,7 +157,7 @@ class ClipPrompt(BaseModel):
 class ClipPrompts(BaseModel):
     """One job: the clips to generate, all with the same model and aspect ratio."""
 
-    model_config = ConfigDict(extra="ignore", json_schema_extra=_in_declared_order)
+    model_config = ConfigDict(extra="ignore", json_schema_extra=in_declared_order)
 
     job_id: UUID = Field(
         description="Any UUID that names the job; running the same id again reuses the clips it has."
@@ -182,12 +170,12 @@ class ClipPrompts(BaseModel):
     total_clips: int | None = Field(
         None,
         description="Number of clips; must match clip_prompts if given.",
-        json_schema_extra=_branch_titles(integer="Number", null="Count them"),
+        json_schema_extra=branch_titles(integer="Number", null="Count them"),
     )
     generation_time: float | str | None = Field(
         None,
         description="Carried through from the upstream step.",
-        json_schema_extra=_branch_titles(number="Number", string="Text", null="None"),
+        json_schema_extra=branch_titles(number="Number", string="Text", null="None"),
     )
 
     # Each rule is checked on its own field, so a refusal names that field (not the whole job).
@@ -229,58 +217,6 @@ class ClipPrompts(BaseModel):
         return self
 
 
-MODEL_CHOICES: tuple[str, ...] = tuple(MODELS)
-ASPECT_RATIO_CHOICES: tuple[str, ...] = tuple(
-    dict.fromkeys(ratio for spec in MODELS.values() for ratio in spec.aspect_ratios)
-)
-"""Every ratio some model offers, in catalog order; the plan refuses one the chosen model lacks."""
-
-OWNER_NAME_PATTERN = r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$"
-"""A Replicate model's name, `owner/name`: what the run form's free-text branch of `model` accepts."""
-
-_CATALOG_HELP = "A catalog model, by key: " + "; ".join(
-    f"`{spec.key}` {spec.title}{', needs a scene image' * spec.requires_image}" for spec in MODELS.values()
-)
-_ANY_MODEL_HELP = (
-    "Any Replicate video model, as owner/name (e.g. `pixverse/pixverse-v5`): planned with the input "
-    "schema Replicate publishes for it, read when the job first runs and kept with the job, so a rerun plans "
-    "with the same one. Its price is not known: the estimate says so, and a budget needs Price per second."
-)
-_MODEL_HELP = (
-    "Video model: a catalog key (the list), or any Replicate video model as owner/name (free text). A name "
-    "that is neither, or a model Replicate does not have, is refused naming options.model before anything "
-    "is paid."
-)
-
-
-def _catalog_or_any_model(schema: dict[str, Any]) -> None:
-    """The run form offers the catalog as a select and owner/name as free text, each described. A form shows
-    the first string branch for a string value, so the catalog comes first and the default stays in it.
-    Python validation stays a plain `str`: the plan refuses an unknown name, naming options.model."""
-    schema.pop("type", None)
-    schema["anyOf"] = [
-        {
-            "title": "Catalog model",
-            "type": "string",
-            "enum": list(MODEL_CHOICES),
-            "description": _CATALOG_HELP,
-        },
-        {
-            "title": "Any Replicate video model",
-            "type": "string",
-            "pattern": OWNER_NAME_PATTERN,
-            "description": _ANY_MODEL_HELP,
-        },
-    ]
-
-
-_ASPECT_RATIO_HELP = (
-    "Width:height of every clip. Each model offers only some ("
-    + "; ".join(f"{spec.key}: {', '.join(spec.aspect_ratios)}" for spec in MODELS.values())
-    + "); a ratio the chosen model lacks is refused, naming options.aspect_ratio, before anything is paid."
-)
-
-
 class GenerationOptions(BaseModel):
     """How to generate a job.
 
@@ -288,15 +224,15 @@ class GenerationOptions(BaseModel):
     option its caller did not set (`run_parameters.options_for_run`); options given are used as given.
     """
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_in_declared_order)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=in_declared_order)
 
     # The JSON schema lists the choices (the Prefect UI shows them as selects; `model` also takes owner/name
     # as free text); Python callers get the same check from the plan, which names the field and the choices.
-    model: str = Field("kling-v2.5-turbo", description=_MODEL_HELP, json_schema_extra=_catalog_or_any_model)
+    model: str = Field("kling-v2.5-turbo", description=MODEL_HELP, json_schema_extra=catalog_or_any_model)
     aspect_ratio: str = Field(
         "16:9",
         pattern=r"^\d{1,2}:\d{1,2}$",
-        description=_ASPECT_RATIO_HELP,
+        description=ASPECT_RATIO_HELP,
         json_schema_extra={"enum": list(ASPECT_RATIO_CHOICES)},
     )
     concurrency: int = Field(
@@ -315,7 +251,7 @@ class GenerationOptions(BaseModel):
         description="Per-clip deadline in seconds, or the model's own (120 s for most; worker setting "
         "VIDEO_GENERATOR_CLIP_TIMEOUT_SECONDS).",
         title="Clip Timeout (s)",
-        json_schema_extra=_branch_titles(number="Seconds", null="Model's own"),
+        json_schema_extra=branch_titles(number="Seconds", null="Model's own"),
     )
     duration_buffer: float = Field(
         1.25,
@@ -330,7 +266,7 @@ class GenerationOptions(BaseModel):
         description="Refuse jobs whose estimate exceeds this, and create no paid request once every run's "
         "spend on the job plus the request would pass it.",
         title="Budget (USD)",
-        json_schema_extra=_branch_titles(number="USD", null="No budget"),
+        json_schema_extra=branch_titles(number="USD", null="No budget"),
     )
     price_per_second_usd: float | None = Field(
         None,
@@ -339,7 +275,7 @@ class GenerationOptions(BaseModel):
         description="What a model with no known price costs per second of video; a budget needs it for such "
         "a model (`owner/name` models and the catalog models marked price unknown).",
         title="Price per second (USD)",
-        json_schema_extra=_branch_titles(number="USD", null="Known price"),
+        json_schema_extra=branch_titles(number="USD", null="Known price"),
     )
     retry_failed: bool = Field(
         False,

@@ -13,7 +13,8 @@ from prefect.utilities.callables import parameter_schema
 
 from clipgen.backends import known_providers, known_stores
 from clipgen.catalog import MODELS
-from clipgen.job import OWNER_NAME_PATTERN, GenerationOptions
+from clipgen.job import GenerationOptions
+from clipgen.run_form import OWNER_NAME_PATTERN
 from clipgen.run_parameters import BUILT_IN_PROVIDERS, BUILT_IN_STORES
 from deployments.checkout import HOME_VARIABLE, CheckoutNotFound, deployed_from, enter_checkout
 from deployments.serve import deployment_configs, runner_deployments

@@ -23,8 +23,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from clipgen.catalog import MODELS
-from clipgen.job import OWNER_NAME_PATTERN, ClipPrompts, GenerationOptions
+from clipgen.job import ClipPrompts, GenerationOptions
 from clipgen.job_files import load_job
+from clipgen.run_form import OWNER_NAME_PATTERN
 from clipgen.stores.local import LocalStore
 from tests.browser import SCREENSHOTS, headless_chromium
 from tests.conftest import EXAMPLE_JOB, REPO
