@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from uuid import UUID
@@ -38,18 +39,26 @@ class SchemaSource(Protocol):
 
 
 def schema_for_run(
-    model: str, job_id: UUID, provider: str, store: str, settings: Settings
+    model: str,
+    job_id: UUID,
+    provider: str,
+    store: str,
+    settings: Settings,
+    note: Callable[[str], None] = log.info,
 ) -> InputSchema | None:
     """At the start of a run, before planning: the schema of an `owner/name` model (None for a catalog key),
-    and for a catalog model run by a provider that reads schemas (Replicate: a paid run), the drift check.
-    The provider and store are opened for this and closed after."""
+    and for a catalog model run by a provider that reads schemas (Replicate: a paid run), the drift check,
+    whose harmless changes go to `note` (the flow passes its run logger). The provider and store are opened
+    for this and closed after."""
     opened_provider = open_provider(provider, settings)
     try:
         source = opened_provider if isinstance(opened_provider, SchemaSource) else None
         if model in MODELS:
             # A community model runs a pinned version, whose schema cannot change: only official ones drift.
             if source is not None and MODELS[model].version is None:
-                check_drift(MODELS[model], source)
+                harmless = check_drift(MODELS[model], source)
+                if harmless:
+                    note(f"{model}: its published input schema changed harmlessly: {'; '.join(harmless)}")
             return None
         opened_store = open_store(store, settings)
         try:
@@ -104,7 +113,7 @@ def _keep(store: ClipStore, path: str, schema: InputSchema) -> None:
 
 def check_drift(spec: ModelSpec, source: SchemaSource) -> tuple[str, ...]:
     """Compare a catalog model's live schema with the one its mapping was built from. Breaking changes
-    raise ValidationError naming options.model; the harmless ones are returned (and logged)."""
+    raise ValidationError naming options.model; the harmless ones are returned."""
     live = source.model_schema(spec.replicate_model)
     sent = {*spec.roles.names(), *spec.fixed}
     changes = compare(spec.schema, live, sent)
@@ -115,6 +124,4 @@ def check_drift(spec: ModelSpec, source: SchemaSource) -> tuple[str, ...]:
             f"{'; '.join(changes.breaking)}. Nothing was paid; choose another model until the catalog is "
             "updated",
         )
-    if changes.harmless:
-        log.info("%s: harmless changes to its input schema: %s", spec.key, "; ".join(changes.harmless))
     return changes.harmless

@@ -112,7 +112,7 @@ def generate_video_clips(
     store = backend_name(store, settings.store)
     # store:// images are read through the run's store, opened only if one is not cached on this worker.
     # An owner/name model's schema (kept with the job), or a catalog model's drift check: before any plan.
-    schema = schema_for_run(options.model, job.job_id, provider, store, settings)
+    schema = schema_for_run(options.model, job.job_id, provider, store, settings, note=get_run_logger().info)
     opener = functools.partial(open_store, store, settings)
     with reference_resolver(settings.reference_cache_dir, opener) as resolve:
         plan = plan_job(job, options, resolve, schema)
