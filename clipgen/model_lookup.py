@@ -18,7 +18,7 @@ from uuid import UUID
 
 from clipgen.backends import close_quietly, open_provider, open_store
 from clipgen.catalog import MODELS
-from clipgen.errors import NotFound, ValidationError
+from clipgen.errors import GenerationError, MediaError, NotFound, ValidationError
 from clipgen.model_schema import InputSchema, compare, schema_file_stem
 from clipgen.model_spec import ModelSpec
 from clipgen.settings import Settings
@@ -56,9 +56,7 @@ def schema_for_run(
         if model in MODELS:
             # A community model runs a pinned version, whose schema cannot change: only official ones drift.
             if source is not None and MODELS[model].version is None:
-                harmless = check_drift(MODELS[model], source)
-                if harmless:
-                    note(f"{model}: its published input schema changed harmlessly: {'; '.join(harmless)}")
+                _check_drift_if_readable(MODELS[model], source, note)
             return None
         opened_store = open_store(store, settings)
         try:
@@ -67,6 +65,24 @@ def schema_for_run(
             close_quietly(opened_store)
     finally:
         close_quietly(opened_provider)
+
+
+def _check_drift_if_readable(spec: ModelSpec, source: SchemaSource, note: Callable[[str], None]) -> None:
+    """The drift check, open when the live schema cannot be read (a wrong token, an outage): the creates meet
+    the same API, and a create the model would refuse makes nothing (Replicate answers 422), so nothing is
+    paid for what the check could not see. A drift it does see refuses the job (ValidationError)."""
+    try:
+        harmless = check_drift(spec, source)
+    except (GenerationError, MediaError) as exc:
+        note(f"{spec.key}: its live input schema could not be read, so drift is not checked this run: {exc}")
+        return
+    except ValueError as exc:
+        if isinstance(exc, ValidationError):
+            raise
+        note(f"{spec.key}: Replicate publishes no readable input schema for it: {exc}")
+        return
+    if harmless:
+        note(f"{spec.key}: its published input schema changed harmlessly: {'; '.join(harmless)}")
 
 
 def schema_object_path(job_id: UUID, model: str) -> str:

@@ -110,9 +110,11 @@ def generate_video_clips(
     options = options_for_run(options, settings)
     provider = backend_name(provider, settings.provider)
     store = backend_name(store, settings.store)
-    # store:// images are read through the run's store, opened only if one is not cached on this worker.
     # An owner/name model's schema (kept with the job), or a catalog model's drift check: before any plan.
-    schema = schema_for_run(options.model, job.job_id, provider, store, settings, note=get_run_logger().info)
+    schema = schema_for_run(
+        options.model, job.job_id, provider, store, settings, note=get_run_logger().warning
+    )
+    # store:// images are read through the run's store, opened only if one is not cached on this worker.
     opener = functools.partial(open_store, store, settings)
     with reference_resolver(settings.reference_cache_dir, opener) as resolve:
         plan = plan_job(job, options, resolve, schema)

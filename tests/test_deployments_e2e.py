@@ -414,8 +414,13 @@ def test_the_run_form_takes_any_replicate_model_as_owner_name(
     assert run.parameters["options"]["model"] == "pixverse/pixverse-v5"
     finished = prefect_stack.wait_for_flow_run(run.id)
     assert finished.state is not None and finished.state.type == StateType.FAILED
-    logs = prefect_stack.flow_run_logs(run.id)
-    assert "options.model: pixverse/pixverse-v5 is not in the catalog" in logs, logs
+    # The run's last lines reach the server from the worker's process after its state does: wait for them.
+    deadline = time.monotonic() + 60
+    while "options.model: pixverse/pixverse-v5 is not in the catalog" not in (
+        logs := prefect_stack.flow_run_logs(run.id)
+    ):
+        assert time.monotonic() < deadline, logs
+        time.sleep(0.5)
 
 
 _PASTE = """
