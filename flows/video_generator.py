@@ -110,14 +110,7 @@ def generate_video_clips(
     options = options_for_run(options, settings)
     provider = backend_name(provider, settings.provider)
     store = backend_name(store, settings.store)
-    # An owner/name model's schema (kept with the job), or a catalog model's drift check: before any plan.
-    schema = schema_for_run(
-        options.model, job.job_id, provider, store, settings, note=get_run_logger().warning
-    )
-    # store:// images are read through the run's store, opened only if one is not cached on this worker.
-    opener = functools.partial(open_store, store, settings)
-    with reference_resolver(settings.reference_cache_dir, opener) as resolve:
-        plan = plan_job(job, options, resolve, schema)
+    plan = _plan(job, options, provider, store, settings)
     run_context = FlowRunContext.get()
     assert run_context is not None and run_context.flow_run is not None
     run = run_context.flow_run
@@ -134,6 +127,19 @@ def generate_video_clips(
     if outcome.succeeded:
         return Completed(message=outcome.message, data=result)
     return Failed(message=outcome.message, data=result)
+
+
+def _plan(
+    job: ClipPrompts, options: GenerationOptions, provider: str, store: str, settings: Settings
+) -> JobPlan:
+    # An owner/name model's schema (kept with the job), or a catalog model's drift check: before any plan.
+    schema = schema_for_run(
+        options.model, job.job_id, provider, store, settings, note=get_run_logger().warning
+    )
+    # store:// images are read through the run's store, opened only if one is not cached on this worker.
+    opener = functools.partial(open_store, store, settings)
+    with reference_resolver(settings.reference_cache_dir, opener) as resolve:
+        return plan_job(job, options, resolve, schema)
 
 
 def _generate(
