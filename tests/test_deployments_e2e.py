@@ -19,6 +19,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import PrefectHTTPStatusError
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
@@ -448,12 +449,29 @@ def _paste_job_and_submit(browser: webdriver.Chrome, job: dict[str, Any]) -> Non
     ).click()
     menu = browser.find_elements(By.CSS_SELECTOR, ".p-overflow-menu-item")
     next(item for item in menu if item.text.strip() == "Use JSON input").click()
-    editor = browser.execute_script(_PROPERTY, "job").find_element(By.CSS_SELECTOR, "textarea")
-    # The editor opens with the form's current value of the field: replace it, as a user pasting would.
-    editor.send_keys(Keys.CONTROL, "a")
-    editor.send_keys(Keys.DELETE)
-    editor.send_keys(json.dumps(job))
+    _type_into_json_editor(browser, json.dumps(job), expect=job["job_id"])
     next(b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit").click()
+
+
+def _type_into_json_editor(browser: webdriver.Chrome, text: str, expect: str) -> None:
+    """Replace the job field's JSON editor text, as a user pasting would (it opens with the field's value).
+
+    The UI may render the editor again just after the switch to JSON input (CI saw a stale textarea on a
+    loaded machine): the editor is then found again and typed into from the start, until it holds `expect`.
+    """
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            editor = browser.execute_script(_PROPERTY, "job").find_element(By.CSS_SELECTOR, "textarea")
+            editor.send_keys(Keys.CONTROL, "a")
+            editor.send_keys(Keys.DELETE)
+            editor.send_keys(text)
+            if expect in (editor.get_attribute("value") or ""):
+                return
+        except StaleElementReferenceException:
+            pass
+        assert time.monotonic() < deadline, "the job field's JSON editor never held the pasted job"
+        time.sleep(0.25)
 
 
 def _wait_for_run_of_job(
