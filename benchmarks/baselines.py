@@ -112,14 +112,21 @@ def _generate(client: httpx.Client, request: ModelRequest, dest: Path) -> None:
 # --- a bare asyncio.Semaphore ---------------------------------------------------------------------------
 
 
-def run_semaphore(base_url: str, requests: Sequence[ModelRequest], work_dir: Path, slots: int) -> float:
-    """Seconds to create, wait for and download every request, at most `slots` at a time."""
+def run_semaphore(
+    base_url: str,
+    requests: Sequence[ModelRequest],
+    work_dir: Path,
+    slots: int,
+    poll_interval_s: float = POLL_INTERVAL_S,
+) -> float:
+    """Seconds to create, wait for and download every request, at most `slots` at a time, each prediction
+    polled every `poll_interval_s`. A slot is held from the create to the end of the download."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_run_semaphore(base_url, requests, work_dir, slots))
+    return asyncio.run(_run_semaphore(base_url, requests, work_dir, slots, poll_interval_s))
 
 
 async def _run_semaphore(
-    base_url: str, requests: Sequence[ModelRequest], work_dir: Path, slots: int
+    base_url: str, requests: Sequence[ModelRequest], work_dir: Path, slots: int, poll_interval_s: float
 ) -> float:
     limits = httpx.Limits(max_connections=slots * 2)
     async with httpx.AsyncClient(
@@ -129,7 +136,7 @@ async def _run_semaphore(
         began = time.monotonic()
         await asyncio.gather(
             *(
-                _generate_async(client, semaphore, request, work_dir / f"clip_{index}.mp4")
+                _generate_async(client, semaphore, request, work_dir / f"clip_{index}.mp4", poll_interval_s)
                 for index, request in enumerate(requests)
             )
         )
@@ -137,7 +144,11 @@ async def _run_semaphore(
 
 
 async def _generate_async(
-    client: httpx.AsyncClient, semaphore: asyncio.Semaphore, request: ModelRequest, dest: Path
+    client: httpx.AsyncClient,
+    semaphore: asyncio.Semaphore,
+    request: ModelRequest,
+    dest: Path,
+    poll_interval_s: float,
 ) -> None:
     async with semaphore:
         path, body = _create_call(request)
@@ -145,7 +156,7 @@ async def _generate_async(
         created.raise_for_status()
         prediction: dict[str, Any] = created.json()
         while prediction["status"] not in TERMINAL:
-            await asyncio.sleep(POLL_INTERVAL_S)
+            await asyncio.sleep(poll_interval_s)
             polled = await client.get(f"/v1/predictions/{prediction['id']}")
             polled.raise_for_status()
             prediction = polled.json()

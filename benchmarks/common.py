@@ -92,10 +92,15 @@ def start_fake(latency_s: float = 0.0) -> FakeReplicateServer:
 
 
 @contextmanager
-def environment(values: Mapping[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration (the flow reads its settings from the environment)."""
+def environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set environment variables for the duration (the flow reads its settings from the environment); a
+    None value unsets the variable, so the setting takes its default."""
     saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         yield
     finally:
@@ -162,6 +167,13 @@ class Timeline:
         """From the final event to the flow's return: the clips table artifact, closing the backends, and
         Prefect finishing the run."""
         return self.returned - self.final_event
+
+    @property
+    def core_makespan(self) -> float:
+        """The run without its per-run constants (start-up, shutdown): first create to final event (clips,
+        thumbnails, events). Needs `first_create`: a timeline read with the fake."""
+        assert self.first_create is not None
+        return self.final_event - self.first_create
 
 
 def timeline(

@@ -12,12 +12,16 @@ out/benchmarks.json). Model kling-v2.5-turbo (1920x1080 at 16:9), 10 s clips, 5 
 50 ms. Clips animate a detailed scene image (benchmarks/scene.py), so outputs weigh what a model's do
 (~9 MB, ~7 Mbit/s) rather than the fake's 60 KB text frames.
 
-Sections (`--only`): startup, spread, equal, overhead, thumbnail, memory, sse, cost.
+Sections (`--only`): startup, spread, equal, slots, overhead, thumbnail, memory, sse, cost.
 - startup: the first flow run in the process (Prefect's and our cold start), 1 text-only clip.
 - spread: 20 clips with log-normal latencies (seeded), 5 at a time: makespan / max(longest, sum / 5),
   raw and with the run's start-up subtracted, beside a sequential and a bare asyncio.Semaphore(5) baseline
   over the same fake; the thumbnails' share of the makespan.
 - equal: speed-up over the sequential baseline for 20 clips of equal latency.
+- slots (issue 19): 20 clips of 10 s at the DEFAULT settings (1 s polls, the global limit) on a fake of
+  their own: makespan / bound, first on a fresh fake, then with history; turnaround per slot (a
+  prediction's end to the next create in its slot, from the fake's record); the bare asyncio.Semaphore(5)
+  baseline at the same 1 s polls (benchmarks/slots.py).
 - overhead: orchestration cost per clip with a provider that takes no time.
 - thumbnail: make_thumbnail on a 10 s 1080p clip.
 - memory: peak RSS for 5 and 20 clips of 10 s 1080p, each job in a fresh process.
@@ -57,16 +61,18 @@ from benchmarks.report import (
 )
 from benchmarks.scene import Scene, upload_scene
 from benchmarks.schedule import Workload
+from benchmarks.slots import SlotWorkload
 from clipgen.catalog import MODELS
 from staging.fake_replicate.server import FakeReplicateServer
 
-SECTIONS = ("startup", "spread", "equal", "overhead", "thumbnail", "memory", "sse", "cost")
+SECTIONS = ("startup", "spread", "equal", "slots", "overhead", "thumbnail", "memory", "sse", "cost")
 DEFAULT_JSON = Path("out/benchmarks.json")
 
 
 @dataclass(frozen=True)
 class Profile:
     workload: Workload
+    slots: SlotWorkload
     overhead_clips: int
     thumbnail_calls: int
     rss_sizes: tuple[int, ...]
@@ -77,6 +83,7 @@ class Profile:
 
 FULL = Profile(
     workload=Workload(clips=20, median_latency_s=3.0, sigma=0.6, seed=8, equal_latency_s=3.0),
+    slots=SlotWorkload(clips=20, latency_s=10.0),
     overhead_clips=20,
     thumbnail_calls=20,
     rss_sizes=(5, 20),
@@ -86,6 +93,8 @@ FULL = Profile(
 )
 QUICK = Profile(
     workload=Workload(clips=6, median_latency_s=0.5, sigma=0.6, seed=8, equal_latency_s=0.5),
+    # Two waves and more: the second wave's creates are what turnaround is read from.
+    slots=SlotWorkload(clips=10, latency_s=0.5),
     overhead_clips=6,
     thumbnail_calls=5,
     # Both at or above the concurrency: below it, fewer clips in flight would hide what one costs.
@@ -141,6 +150,13 @@ def _equal(bench: Bench) -> list[Figure]:
     return measure_equal(bench.fake, bench.root / "equal", workload, bench.repeat, bench.scene)
 
 
+def _slots(bench: Bench) -> list[Figure]:
+    from benchmarks.slots import measure_slots
+
+    bench.warm()  # the process's first flow run, and the scene's rendering (shared by every fake), not here
+    return measure_slots(bench.root / "slots", bench.profile.slots, bench.repeat)
+
+
 def _overhead(bench: Bench) -> list[Figure]:
     from benchmarks.overhead import measure_overhead
 
@@ -191,6 +207,7 @@ RUNNERS: dict[str, Callable[[Bench], list[Figure]]] = {
     "startup": _startup,
     "spread": _spread,
     "equal": _equal,
+    "slots": _slots,
     "overhead": _overhead,
     "thumbnail": _thumbnail,
     "memory": _memory,

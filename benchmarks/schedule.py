@@ -118,12 +118,6 @@ def cold_start(fake: FakeReplicateServer, data_dir: Path) -> list[Figure]:
     ]
 
 
-def _core(run: Timeline) -> float:
-    """The run without its per-run constants: first create to final event (clips, thumbnails, events)."""
-    assert run.first_create is not None
-    return run.final_event - run.first_create
-
-
 def measure_spread(
     fake: FakeReplicateServer, root: Path, workload: Workload, repeat: int, scene: Scene
 ) -> list[Figure]:
@@ -168,7 +162,7 @@ def measure_spread(
             "makespan_bound_ratio_core",
             "Makespan / bound, flow, start-up and shutdown subtracted",
             "×",
-            [_core(run) / bound for run in flows],
+            [run.core_makespan / bound for run in flows],
             how="first create to the final event / bound: what the flow's own clip handling adds",
         ),
         figure(
@@ -241,7 +235,7 @@ def measure_equal(
         sequential = time_baseline("sequential", fake, latencies, root / "downloads", scene)
         bare = time_baseline("semaphore", fake, latencies, root / "downloads", scene)
         speedups.append(sequential / flow.returned)
-        core.append(sequential / _core(flow))
+        core.append(sequential / flow.core_makespan)
         semaphore.append(sequential / bare)
     setup = f"{workload.clips} clips of {workload.equal_latency_s:g} s each, {CONCURRENCY} at a time"
     ideal = workload.clips / math.ceil(workload.clips / CONCURRENCY)

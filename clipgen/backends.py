@@ -13,13 +13,13 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from clipgen.errors import ConfigurationError
-from clipgen.paid_work import JobWork
+from clipgen.paid_work import JobWork, SlotFactory
 from clipgen.providers.base import VideoProvider
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
@@ -111,11 +111,14 @@ def run_backends(
     job_id: UUID | None = None,
     budget_usd: float | None = None,
     retry_failed: bool = False,
+    concurrency: int | None = None,
+    prediction_slot: SlotFactory = nullcontext,
 ) -> Iterator[Backends]:
     """Open the run's provider and store, make them findable by `backends_of_run`, close them after.
 
     The run's paid work (`JobWork`) is owned by the run: its leases carry the run's id, and its budget is
-    the job's, kept by the store's ledger across runs and workers.
+    the job's, kept by the store's ledger across runs and workers. Its predictions in flight hold one of
+    the run's `concurrency` slots and one `prediction_slot` (the global limit) each.
     """
     opened_store = open_store(store, settings)
     try:
@@ -127,6 +130,8 @@ def run_backends(
             budget_usd=budget_usd,
             lease_seconds=settings.clip_lease_seconds,
             retry_failed=retry_failed,
+            concurrency=concurrency,
+            prediction_slot=prediction_slot,
         )
         backends = Backends(opened_provider, opened_store, settings, work, job_id)
     except BaseException:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import uuid4
 
 
 @contextmanager
@@ -50,6 +52,32 @@ def copy_file(source: Path, dest: Path) -> None:
         shutil.copyfileobj(src, out, 1024 * 1024)
 
 
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Put `source` at `dest` as `copy_file` does, but by a hard link when both are on one filesystem: no
+    bytes are copied, and `dest` appears whole at once (linked under a temporary name, renamed over it).
+
+    A link shares the file, so bytes written into `source` later would show at `dest` too: only for a
+    source that is never written in place. Every file this package writes is (`atomic_write` renames a new
+    file over the old one). Anything else, or a source on another filesystem, is copied.
+    """
+    if not stat.S_ISREG(os.stat(source).st_mode):
+        copy_file(source, dest)  # a directory or a pipe: copy_file says what fails, or copies what flows
+        return
+    _fsync_readable(source)  # the link must not expose bytes a crash could still lose
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid4().hex}.link")
+    try:
+        os.link(source, tmp)
+    except OSError:  # another filesystem (EXDEV), or one without hard links
+        copy_file(source, dest)
+        return
+    try:
+        os.replace(tmp, dest)
+    finally:
+        # When dest already is a link of the same file, rename does nothing and leaves tmp (POSIX).
+        tmp.unlink(missing_ok=True)
+
+
 def create_once(dest: Path, data: bytes, mode: int = 0o600) -> None:
     """Put `data` at `dest` unless a file is there already, atomically: written and fsynced under a private
     temporary name, then linked into place, which fails if another writer got there first (then its file
@@ -72,3 +100,12 @@ def create_once(dest: Path, data: bytes, mode: int = 0o600) -> None:
 def _fsync(path: Path) -> None:
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _fsync_readable(path: Path) -> None:
+    """fsync through a read-only descriptor (Linux flushes the file's data whichever way it was opened)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

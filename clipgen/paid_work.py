@@ -16,6 +16,9 @@ is sent until it ends, and its status only moves forward through one state machi
   it works. A second run of the job waits for it and then reuses what the first stored.
 - A run cancels only predictions that it made, or that earlier runs left, and that no live lease of
   another run holds.
+- A prediction in flight holds a slot (`ClipWork.in_flight`): one of the run's `concurrency` and one of the
+  global prediction limit, from just before its create until it ends. Downloading, probing and storing its
+  output, and waiting out a retry's backoff, hold none, so the slots bound what runs and bills at Replicate.
 
 Retries here (clipgen.retrying; budgets in tasks/__init__.py): a cancel and a ledger write, a few tries in
 place even inside a clip attempt, because the clip task's retry cannot stand in for them.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
@@ -52,9 +55,14 @@ class Spend:
     all_runs: float
 
 
+SlotFactory = Callable[[], AbstractContextManager[object]]  # enters one slot of a shared limit
+
+
 @dataclass
 class JobWork:
-    """One run's paid work on one job: the run's identity (the lease owner), its budget, its stop signal."""
+    """One run's paid work on one job: the run's identity (the lease owner), its budget, its stop signal,
+    and its slots for predictions in flight: `concurrency` of its own (None: no cap of its own) and, for
+    each, one of `prediction_slot` (the global limit shared by every run and worker)."""
 
     store: ClipStore
     provider: VideoProvider
@@ -63,9 +71,31 @@ class JobWork:
     lease_seconds: float = 60.0
     retry_failed: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    concurrency: int | None = None
+    prediction_slot: SlotFactory = nullcontext
+
+    def __post_init__(self) -> None:
+        self._cap = threading.BoundedSemaphore(self.concurrency) if self.concurrency else None
 
     def clip(self, plan: ClipPlan) -> ClipWork:
         return ClipWork(self, plan, plan_fingerprint(plan, self.provider.name))
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """A slot for one prediction: the run's first (a run waits for its own before taking one of the
+        limit everyone shares), then the global limit's, which only paid predictions take (a free provider's
+        generation, such as a local render, holds the run's slot alone)."""
+        run_slot = ExitStack()
+        if self._cap is not None:
+            self._cap.acquire()
+            run_slot.callback(self._cap.release)
+        with run_slot, self.prediction_slot() if self.provider.paid else nullcontext():
+            try:
+                yield
+            finally:
+                # The run's slot goes back first: its next prediction then waits for a slot of the global
+                # limit while this one's goes back (an API write), not after it. Closing twice is harmless.
+                run_slot.close()
 
     def sweep_at_start(self, plans: list[ClipPlan]) -> list[PredictionRecord]:
         """Stop open predictions that no clip of this job will adopt: for a clip already stored, for another
@@ -245,6 +275,12 @@ class ClipWork:
             return [p for p, r in self._rows.items() if r.status not in NOT_BILLED]
 
     # --- PaidWork: what a provider calls ------------------------------------------------------------
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        with self.job.in_flight():
+            self.check()  # the run may have been told to stop while this clip waited for its slot
+            yield
 
     def adoptable(self) -> list[str]:
         with self._lock:

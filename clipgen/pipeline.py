@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +50,6 @@ from clipgen.stores.base import (
 )
 
 log = logging.getLogger(__name__)
-Slot = Callable[[], AbstractContextManager[object]]
 
 
 class FailedBefore(PermanentError):
@@ -104,13 +101,12 @@ def produce_clip(
     work_dir: Path,
     attempt: Attempt,
     started_at: datetime | None = None,
-    slot: Slot = nullcontext,
 ) -> Clip:
     """Generate (or reuse), check, store and record one clip, under the clip's lease. Raises typed errors.
 
     A clip stored for the same plan is returned as it is, and one that failed for good is not tried again:
-    nothing is paid. `slot` is held while the provider works, so a cap on in-flight predictions shared by
-    every run and worker can be put around it.
+    nothing is paid. A paid provider holds a slot of the prediction limits only while its prediction runs
+    (`ClipWork.in_flight`); the download, the checks and the store happen outside it.
     """
     began = time.monotonic()
     store = work.job.store
@@ -124,7 +120,7 @@ def produce_clip(
         _begin(store, plan, work, record, attempt)
         files = ClipFiles.of(work_dir, plan.clip_index)
         try:
-            generation = _generate_or_reuse(plan, provider, files, work, slot)
+            generation = _generate_or_reuse(plan, provider, files, work)
             info = _checked(plan, files, work, generation)
             stored = _store_video(store, plan, files)
             elapsed = (
@@ -153,7 +149,7 @@ def _begin(
 
 
 def _generate_or_reuse(
-    plan: ClipPlan, provider: VideoProvider, files: ClipFiles, work: ClipWork, slot: Slot
+    plan: ClipPlan, provider: VideoProvider, files: ClipFiles, work: ClipWork
 ) -> Generation:
     if files.video.is_file() and files.sidecar.is_file():
         kept = Generation.model_validate_json(files.sidecar.read_text())
@@ -161,8 +157,7 @@ def _generate_or_reuse(
             return kept
         files.discard()
     files.video.parent.mkdir(parents=True, exist_ok=True)
-    with slot():
-        generation = provider.generate(plan, files.video, work)
+    generation = provider.generate(plan, files.video, work)
     generation.metadata["plan_fingerprint"] = work.fingerprint
     write_text(files.sidecar, generation.model_dump_json())
     return generation

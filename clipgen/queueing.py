@@ -6,6 +6,7 @@ The claiming itself is the store's (clipgen/stores/queue.py); this module has no
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +21,50 @@ from clipgen.planning import pydantic_problems
 from clipgen.stores.queue import JobQueue, QueuedJob
 
 MAX_ERROR_CHARS = 2000
+
+# How many jobs a queue run holds at once, when VIDEO_GENERATOR_QUEUE_JOBS_AT_ONCE does not say. A job in a
+# queue run is threads in the run's process, so the imports (Prefect, pydantic, PyAV: 117 MB) are paid once
+# per process, not per job. What a job adds at its peak is docs/benchmarks.md's peak for a 5-clip job of
+# 1080p clips made from a scene image, 248 MB, less those imports: about 130 MB (five clips preparing the
+# same image at once, and five probes and thumbnails); rounded up for heavier clips. A job mostly waits
+# on predictions: its CPU is the downloads, probes, thumbnails and Prefect's bookkeeping of six or so tasks,
+# a fraction of a core even when its clips finish seconds apart, so four jobs share a CPU. The run takes half
+# of the memory available when it starts: the worker, its other flow runs (on-demand jobs, a second queue
+# run) and the page cache need the rest. Spend is not bounded here: every prediction of every job holds a
+# slot of the global prediction limit, so more jobs than the limit can serve only wait for slots.
+JOB_PEAK_BYTES = 160 * 1024**2
+MEMORY_SHARE = 0.5
+JOBS_PER_CPU = 4
+MAX_JOBS_AT_ONCE = 256  # the setting's bound
+
+
+def jobs_at_once(setting: int | None) -> int:
+    """Jobs a queue run works on at once: the setting, or what this machine can hold now."""
+    if setting is not None:
+        return setting
+    return jobs_the_machine_holds(available_memory_bytes(), os.cpu_count())
+
+
+def jobs_the_machine_holds(available_bytes: int | None, cpus: int | None) -> int:
+    """The smaller of what memory and CPUs allow, at least one; an unknown figure does not limit."""
+    by_memory = (
+        MAX_JOBS_AT_ONCE if available_bytes is None else int(available_bytes * MEMORY_SHARE) // JOB_PEAK_BYTES
+    )
+    by_cpu = MAX_JOBS_AT_ONCE if cpus is None else cpus * JOBS_PER_CPU
+    return max(1, min(by_memory, by_cpu, MAX_JOBS_AT_ONCE))
+
+
+def available_memory_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """Linux's estimate of memory available to new work without swapping (MemAvailable); None elsewhere."""
+    try:
+        with open(meminfo, encoding="ascii") as lines:
+            for line in lines:
+                name, _, value = line.partition(":")
+                if name == "MemAvailable":
+                    return int(value.split()[0]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 @dataclass

@@ -82,6 +82,14 @@ class Settings(BaseSettings):
         validation_alias="VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS",
         description="How long a failed queued job waits before it may be claimed again.",
     )
+    queue_jobs_at_once: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        validation_alias="VIDEO_GENERATOR_QUEUE_JOBS_AT_ONCE",
+        description="Jobs a queue run works on at once. Unset: what the worker can hold, from its available "
+        "memory and CPUs when the run starts (clipgen.queueing.jobs_at_once).",
+    )
     allow_file_references: bool = Field(
         False,
         validation_alias="VIDEO_GENERATOR_ALLOW_FILE_REFERENCES",

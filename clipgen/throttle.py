@@ -14,8 +14,8 @@ AIMD, the way TCP sizes its window:
   is back at the ceiling, or without one at the most predictions the run ever had in use; then the limit is
   lifted.
 
-A `Slot` is one prediction's place: taken before its create (or before re-attaching to it) and held until
-the provider's `generate` returns, so a lower limit really means fewer predictions running. A create that
+A `Slot` is one prediction's place: taken before its create (or before re-attaching to it while it runs) and
+held until the prediction ends, so a lower limit really means fewer predictions running. A create that
 got a 429 made nothing, so its slot gives its place up while it waits, and gets one back ahead of every
 clip that came after it (places go first come, first served). A slot waits only for the hint, for the
 probe's answer and for places held by other predictions (which end: each runs against its deadline), never

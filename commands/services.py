@@ -21,6 +21,7 @@ INSTALL_STAGING = (
 
 
 def setup_prefect(args: argparse.Namespace) -> int:
+    from clipgen.polling import largest_prediction_limit
     from deployments.prefect_errors import prefect_errors_explained
     from deployments.setup import PrefectSetupError
     from deployments.setup import setup_prefect as set_up
@@ -28,6 +29,14 @@ def setup_prefect(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.prediction_limit < 1:
         raise ValidationError.one("--prediction-limit", "must be at least 1")
+    interval = settings.replicate_poll_interval_seconds
+    if args.prediction_limit > (largest := largest_prediction_limit(interval)):
+        raise ValidationError.one(
+            "--prediction-limit",
+            f"{args.prediction_limit} predictions polled every {interval:g} s would pass Replicate's 3000 "
+            f"requests a minute; the most is {largest}, or set REPLICATE_POLL_INTERVAL to at least "
+            f"{args.prediction_limit / largest_prediction_limit(1.0):g}",
+        )
     try:
         with prefect_errors_explained(None):
             for line in set_up(args.work_pool, settings.prediction_limit, args.prediction_limit):

@@ -11,11 +11,11 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from prefect import Flow, flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.context import FlowRunContext
 from prefect.events import emit_event
@@ -50,9 +50,11 @@ from clipgen.run_parameters import (
 )
 from clipgen.settings import Settings
 from clipgen.stores.base import ClipStore
-from tasks.clips import clip_task, generate_thumbnail
+from flows.progress_artifact import progress_artifact
+from tasks.clips import clip_task, generate_thumbnail, prediction_slot
 
 THUMBNAIL_WORKERS = 2
+CLIP_THREADS_PER_SLOT = 2  # one follows a prediction, one downloads, checks and stores the one before
 DEFAULT_OPTIONS = GenerationOptions()
 """Sets no option, so each takes the worker's setting; the run form shows the built-in defaults."""
 
@@ -122,6 +124,8 @@ def generate_video_clips(
         job_id=plan.job_id,
         budget_usd=plan.budget_usd,
         retry_failed=options.retry_failed,
+        concurrency=plan.concurrency,
+        prediction_slot=prediction_slot(settings.prediction_limit, run.id),
     ) as backends:
         result, outcome = _generate(plan, backends, settings, str(run.id), run.start_time)
     if outcome.succeeded:
@@ -160,20 +164,19 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
     get_run_logger().info("%d clips on %s at %s, estimate $%.2f", *shape)
 
     _mirror(plan, announce_start(backends.store, plan))
-    # Sync in a sync flow; the return type also admits the coroutine of the async form.
-    artifact = cast(
-        UUID, create_progress_artifact(0.0, key=f"video-clips-{plan.job_id}", description="clips finished")
-    )
     tally = events.Tally(total=len(plan.clips))
     clips: list[Clip] = []
     thumbnails: list[PrefectFuture[str]] = []
 
-    # A runner of our own, so options.concurrency holds however the flow is started (CLI, UI, schedule).
-    # Thumbnails get their own: queued behind the clips still waiting for a slot, they would only come
-    # at the end; they call nothing paid and take milliseconds, so they need no share of the clips' cap.
+    # options.concurrency caps predictions in flight (JobWork.in_flight), not clips: a clip downloading,
+    # probing or storing its output, or waiting out a retry's backoff, holds no slot. So the runner has a
+    # thread more per slot for that work, which bounds it too. Thumbnails get a runner of their own: queued
+    # behind clips waiting for a slot they would only come at the end, and they call nothing paid.
+    clip_threads = max(1, min(len(plan.clips), CLIP_THREADS_PER_SLOT * plan.concurrency))
     with (
-        ThreadPoolTaskRunner[Any](max_workers=plan.concurrency) as runner,
+        ThreadPoolTaskRunner[Any](max_workers=clip_threads) as runner,
         ThreadPoolTaskRunner[Any](max_workers=THUMBNAIL_WORKERS) as thumbnail_runner,
+        progress_artifact(f"video-clips-{plan.job_id}", "clips finished") as artifact,
     ):
         futures = runner.map(clip_task(settings), {"plan": plan.clips})
         plans = {future.task_run_id: clip_plan for future, clip_plan in zip(futures, plan.clips, strict=True)}
@@ -183,11 +186,7 @@ def _generate_clips(plan: JobPlan, backends: Backends, settings: Settings) -> tu
             clips.append(clip)
             tally.add(clip)
             _best_effort("progress event", functools.partial(_progress, plan, backends.store, clip, tally))
-            description = f"{tally.finished}/{tally.total} clips"
-            _best_effort(
-                "progress artifact",
-                functools.partial(update_progress_artifact, artifact, tally.percent, description),
-            )
+            artifact.show(tally.percent, f"{tally.finished}/{tally.total} clips")  # sent at most 1/s
             if clip.status == "success" and not clip.reused:  # a reused clip has its thumbnail already
                 thumbnails.append(thumbnail_runner.submit(generate_thumbnail, {"plan": clip_plan}))
         # Queued futures are dropped silently when the flow returns: wait for them, within a bound.

@@ -8,7 +8,8 @@
 #     apt-get as root when missing;
 #   - the real Supabase Storage server: Node and npm, and g++, make and python3 for its native addon (from
 #     Debian with apt-get as root when missing), then its build from $SUPABASE_STORAGE_SOURCE (default
-#     ../shared/supabase-storage/source beside the repository) into .test-services/storage/<source hash>/
+#     ../shared/supabase-storage/source beside the repository, or beside the local repository it was cloned
+#     from) into .test-services/storage/<source hash>/
 #     (npm ci from the npm registry; about a minute the first time, nothing once built). Without the
 #     source it warns: the Storage tests then skip, or fail under CI.
 # Idempotent and safe to run from two test sessions at once. Prints the postgrest binary's path.
@@ -120,8 +121,15 @@ check_chromium() {
     fi
 }
 
-storage_source() {
-    if [[ -n "${SUPABASE_STORAGE_SOURCE:-}" ]]; then echo "$SUPABASE_STORAGE_SOURCE"; else echo "$root/../shared/supabase-storage/source"; fi
+storage_source() { # the variable, else beside this checkout, else beside the local checkout it was cloned from
+    local origin
+    if [[ -n "${SUPABASE_STORAGE_SOURCE:-}" ]]; then echo "$SUPABASE_STORAGE_SOURCE"; return; fi
+    origin="$(git -C "$root" remote get-url origin 2>/dev/null || true)"
+    if [[ ! -f "$root/../shared/supabase-storage/source/package.json" && "$origin" == /* && -d "$origin" ]]; then
+        echo "$origin/../shared/supabase-storage/source"
+    else
+        echo "$root/../shared/supabase-storage/source"
+    fi
 }
 
 missing_build_tools() { # what the Storage server's build needs and is not on the PATH, as Debian packages

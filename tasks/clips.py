@@ -8,17 +8,20 @@ attempt runs in `attempt_retried_by_task`, so nothing inside it retries in place
 
 from __future__ import annotations
 
+import atexit
 import functools
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect import get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
-from prefect.concurrency.sync import concurrency
+from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+from prefect.concurrency._leases import maintain_concurrency_lease
 from prefect.context import TaskRunContext
 from prefect.exceptions import ObjectNotFound
 from prefect.tasks import Task, exponential_backoff
@@ -30,8 +33,11 @@ from clipgen.pipeline import Attempt, job_work_dir, produce_clip, produce_thumbn
 from clipgen.planning import ClipPlan
 from clipgen.retrying import attempt_retried_by_task
 from clipgen.settings import Settings
+from clipgen.slot_lending import SlotLender, SlotRefused
 
 CLIP_RETRIES = 2  # 3 attempts
+GLOBAL_SLOT_POLL_S = 0.25  # how often this process asks for a slot of a full global limit
+SLOT_LEASE_S = 300.0  # Prefect's default: a crashed process's slot is free again after this
 RETRY_JITTER = 0.5
 # The first retry's delay unless the worker sets VIDEO_GENERATOR_RETRY_BACKOFF_SECONDS (see `clip_task`).
 DEFAULT_BACKOFF_S: float = Settings.model_fields["retry_backoff_seconds"].default
@@ -78,7 +84,6 @@ def generate_clip(plan: ClipPlan) -> Clip:
             job_work_dir(backends.settings.work_dir, plan),
             Attempt(number=number, of=context.task.retries + 1, next_delay_s=next_delay),
             started_at=context.task_run.start_time,
-            slot=prediction_slot(backends, context.task_run.flow_run_id),
         )
 
 
@@ -89,19 +94,61 @@ def clip_task(settings: Settings) -> Task[[ClipPlan], Clip]:
     return generate_clip.with_options(retry_delay_seconds=retry_delays(settings.retry_backoff_seconds))
 
 
-def prediction_slot(
-    backends: Backends, flow_run_id: UUID | None
-) -> Callable[[], AbstractContextManager[object]]:
-    """A slot of the global concurrency limit for each paid prediction, shared by every run and worker.
+def prediction_slot(limit: str | None, flow_run_id: UUID) -> Callable[[], AbstractContextManager[object]]:
+    """A slot of the global concurrency limit for a paid prediction in flight, shared by every run and worker
+    (`JobWork.in_flight` takes one per prediction, from its create to its end).
 
-    Prefect leases the slot and renews it while it is held, so a crashed process gives it back. A limit
-    that does not exist is skipped, with one warning per run that names the command creating it (Prefect
-    would warn at every slot); the local renderer calls nothing paid and takes no slot.
+    Prefect leases the slot and renews it while it is held, so a crashed process gives it back. A clip done
+    with its slot lends it to the next clip of this process that waits (clipgen/slot_lending.py), so the
+    next create waits for no lease written on the server. Whether the
+    limit exists is asked at the first slot, so a run that pays for nothing never asks; a limit that does not
+    exist is skipped, with one warning per run that names the command creating it (Prefect would warn at
+    every slot).
     """
-    name = backends.settings.prediction_limit
-    if not name or not backends.provider.paid or not _limit_exists(flow_run_id, name):
-        return nullcontext
-    return functools.partial(concurrency, name, occupy=1)
+
+    def slot() -> AbstractContextManager[object]:
+        if not limit or not _limit_exists(flow_run_id, limit):
+            return nullcontext()
+        return _lender_of(limit).slot()
+
+    return slot
+
+
+@contextmanager
+def _held_slot(limit: str) -> Iterator[None]:
+    """One slot of `limit` taken from the server, its lease renewed until the block ends, then given back.
+
+    One request, not Prefect's `concurrency` context: a full limit is asked again on this process's turn
+    (clipgen/slot_lending.py) rather than by Prefect's retries, which sleep about a slot's average occupancy,
+    and Prefect's own acquisition logs an error for every refusal. It runs in a keeper thread that outlives
+    the clip that took the slot, so the lease is not left in the clip's task run, which would give it back
+    when that run ends."""
+    with get_client(sync_client=True) as client:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[limit], slots=1, mode="concurrency", lease_duration=SLOT_LEASE_S
+            )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                raise SlotRefused(limit) from exc
+            raise
+        lease_id = ConcurrencyLimitWithLeaseResponse.model_validate(response.json()).lease_id
+        try:
+            with maintain_concurrency_lease(lease_id, SLOT_LEASE_S):  # renewed, so a crash frees it
+                yield
+        finally:
+            client.release_concurrency_slots_with_lease(lease_id)
+
+
+_lenders: dict[str, SlotLender] = {}
+
+
+def _lender_of(limit: str) -> SlotLender:
+    with _limit_lock:
+        if limit not in _lenders:
+            _lenders[limit] = SlotLender(functools.partial(_held_slot, limit), GLOBAL_SLOT_POLL_S)
+            atexit.register(_lenders[limit].close)  # its keepers are daemon threads: give their slots back
+        return _lenders[limit]
 
 
 _limit_lock = threading.Lock()

@@ -49,6 +49,12 @@ class ScriptedProvider:
         self._lock = threading.Lock()
 
     def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
+        # The whole call stands for a prediction in flight: it holds the run's slot (and a paid one a slot
+        # of the global limit), as a real provider does from its create to the prediction's end.
+        with work.in_flight():
+            return self._generate(plan, dest, work)
+
+    def _generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
         with self._lock:
             self.calls[plan.clip_index] += 1
             attempt = self.calls[plan.clip_index]

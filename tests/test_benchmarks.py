@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
+from benchmarks.fleet import utilisation
 from benchmarks.report import Figure, format_table
 from benchmarks.run import exit_code
 from benchmarks.schedule import list_schedule, lognormal_latencies, schedule_bound
+from benchmarks.slots import SlotWorkload, slot_turnarounds
 from tests.conftest import REPO
 
 FIGURES = (
@@ -34,6 +36,22 @@ FIGURES = (
     "speedup_equal",
     "speedup_equal_core",
     "speedup_equal_semaphore",
+    "slots_makespan_ratio_fresh",
+    "slots_makespan_ratio",
+    "slots_makespan_s",
+    "slots_lost_per_wave_s",
+    "slots_tail_s",
+    "slots_startup_s",
+    "slots_turnaround_median_ms",
+    "slots_turnaround_max_ms",
+    "slots_turnaround_max_fresh_ms",
+    "slots_semaphore_ratio",
+    "slots_semaphore_lost_per_wave_s",
+    "slots_semaphore_turnaround_median_ms",
+    "slots_limit_makespan_ratio_fresh",
+    "slots_limit_makespan_ratio",
+    "slots_limit_turnaround_median_ms",
+    "slots_limit_turnaround_max_ms",
     "overhead_per_clip_ms",
     "overhead_per_clip_serial_ms",
     "thumbnail_ms",
@@ -99,6 +117,20 @@ def test_the_figures_are_sane(quick: tuple[str, dict[str, Any]]) -> None:
     assert figures["requested_per_target"] >= 1.0  # discrete durations round up
     assert figures["cost_per_estimate"] == pytest.approx(1.0)  # no retries: the bill is the estimate
     assert figures["cost_per_estimate_one_retry"] > 1.0  # a retry pays for another prediction
+    # Equal clips at the default settings: no run beats the bound, and a slot is refilled after it is freed.
+    for key in ("slots_makespan_ratio_fresh", "slots_makespan_ratio", "slots_semaphore_ratio"):
+        assert figures[key] >= 1.0, key
+    assert figures["slots_limit_makespan_ratio"] >= 1.0 and figures["slots_tail_s"] > 0
+    for key in ("slots_turnaround_median_ms", "slots_limit_turnaround_median_ms"):
+        assert 0 < figures[key] <= figures[key.replace("median", "max")], key
+    assert figures["slots_semaphore_turnaround_median_ms"] > 0 and figures["slots_startup_s"] > 0
+
+
+def test_the_slots_runs_say_which_had_history(quick: tuple[str, dict[str, Any]]) -> None:
+    runs = by_key(quick[1])["slots_makespan_ratio_fresh"]["detail"]["runs"]
+    assert runs["fresh"]["history"] is False and all(run["history"] for run in runs["history"])
+    # Five at a time, and each clip's one prediction paired: the turnarounds are the second wave's.
+    assert runs["fresh"]["max_in_flight"] <= 5 and len(runs["fresh"]["turnarounds_s"]) == 5
 
 
 def test_the_cost_table_covers_every_model(quick: tuple[str, dict[str, Any]]) -> None:
@@ -132,6 +164,24 @@ def test_the_bound_and_the_list_schedule() -> None:
     assert lognormal_latencies(20, 3.0, 0.6, seed=8) == lognormal_latencies(20, 3.0, 0.6, seed=8)
     spread = lognormal_latencies(200, 3.0, 0.6, seed=1)
     assert min(spread) > 0 and sorted(spread)[100] == pytest.approx(3.0, rel=0.25)
+
+
+def test_fleet_utilisation_is_the_in_flight_integral_over_limit_and_span() -> None:
+    # In flight over time, as the fake records it: 2 from 0 to 1, 1 from 1 to 3, none after.
+    series = [(0.0, 2), (1.0, 1), (3.0, 0)]
+    assert utilisation(series, 0.0, 3.0, limit=2) == pytest.approx((2 * 1 + 1 * 2) / (2 * 3))
+    assert utilisation(series, 0.0, 1.0, limit=2) == 1.0  # the span before the tail: every slot busy
+    assert utilisation(series, 0.5, 2.0, limit=4) == pytest.approx((2 * 0.5 + 1 * 1) / (4 * 1.5))
+
+
+def test_the_slot_turnarounds_pair_each_end_with_the_create_it_let_go() -> None:
+    # Two slots: the first prediction to end (at 1.0) lets the third create go (at 1.25), the second to end
+    # (at 2.0) the fourth (at 2.5); the last ends free slots nothing waits for.
+    created, ended = [0.0, 0.1, 1.25, 2.5], [2.0, 1.0, 3.0, 3.5]
+    assert slot_turnarounds(ended, created, slots=2) == [0.25, 0.5]
+    assert slot_turnarounds([1.0], [0.0], slots=2) == []
+    assert SlotWorkload(clips=20, latency_s=10.0).bound_s == 40.0  # the bound: 4 waves of 10 s
+    assert SlotWorkload(clips=6, latency_s=1.0).bound_s == 2.0
 
 
 def test_a_figure_knows_whether_it_met_its_target() -> None:

@@ -67,10 +67,10 @@ def test_serve_builds_the_same_deployments() -> None:
     assert set(served) == set(deployments())
     queue = served["video-generator-queue"]
     assert [s.schedule.cron for s in queue.schedules] == ["* * * * *"]  # type: ignore[union-attr]
-    assert queue.concurrency_limit == 4
+    assert queue.concurrency_limit == 2
     assert queue.concurrency_options is not None
     assert queue.concurrency_options.collision_strategy == "CANCEL_NEW"
-    assert queue.parameters == {"max_jobs": 10}
+    assert queue.parameters == {"max_jobs": 100}
     assert served["video-generator-on-demand"].enforce_parameter_schema
     assert not served["video-generator-on-demand"].schedules
 

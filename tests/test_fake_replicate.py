@@ -770,6 +770,75 @@ def test_concurrent_predictions_are_counted_in_flight() -> None:
         assert len({p.id for p in done}) == 6
 
 
+def events_of(fake: FakeReplicateServer) -> list[tuple[str, str, int, str | None]]:
+    return [(e.kind, e.prompt, e.in_flight, e.status) for e in fake.timeline]
+
+
+def until(condition: Any, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_the_timeline_shows_a_create_while_a_slow_download_is_open(http: httpx.Client) -> None:
+    """A slow_download holds the answer open: a prediction created meanwhile comes between the download's
+    start and finish on the timeline, with the predictions in flight after each event."""
+    with FakeReplicateServer(token=TOKEN, latency_s=0.05) as fake:
+        client, transport = make_client(fake.base_url)
+        try:
+            first = wait(client, veo(client, "first"))
+            fake.add_fault(Fault(kind="slow_download", match="first", seconds=1.0), Fault(kind="hang"))
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(http.get, output_url(first))
+                until(lambda: fake.timeline[-1].kind == "download_started")
+                second = veo(client, "second")  # hangs: ends only when canceled below
+                answer = held.result()
+            client.predictions.cancel(second.id)
+        finally:
+            transport.close()
+        assert answer.status_code == 200 and answer.content == http.get(output_url(first)).content
+        assert events_of(fake) == [
+            ("created", "first", 1, None),
+            ("ended", "first", 0, "succeeded"),
+            ("download_started", "first", 0, None),
+            ("created", "second", 1, None),
+            ("download_finished", "first", 1, "200"),
+            ("ended", "second", 0, "canceled"),
+            ("download_started", "first", 0, None),  # the second download: not held (times=1)
+            ("download_finished", "first", 0, "200"),
+        ]
+        assert [e.prediction_id for e in fake.timeline][:3] == [first.id] * 3
+        assert fake.prediction(first.id)["faults"] == ["slow_download"]
+
+
+def test_the_timeline_records_failed_downloads_not_heads_and_is_served_and_reset(http: httpx.Client) -> None:
+    with FakeReplicateServer(token=TOKEN, latency_s=0.05) as fake:
+        client, transport = make_client(fake.base_url)
+        try:
+            done = wait(client, veo(client, "flaky"))
+        finally:
+            transport.close()
+        fake.add_fault(Fault(kind="download_error", match="flaky"))
+        assert http.head(output_url(done)).status_code == 200  # a HEAD is no download
+        assert [http.get(output_url(done)).status_code for _ in range(2)] == [500, 200]
+        assert [(kind, status) for kind, _, _, status in events_of(fake)] == [
+            ("created", None),
+            ("ended", "succeeded"),
+            ("download_started", None),
+            ("download_finished", "500"),
+            ("download_started", None),
+            ("download_finished", "200"),
+        ]
+        served = http.get(f"{fake.base_url}/_fake/timeline").json()
+        assert served == [event.as_json() for event in fake.timeline]
+        assert served[0]["prediction_id"] == done.id and served[0]["prompt"] == "flaky"
+        assert http.post(f"{fake.base_url}/_fake/faults", json={"kind": "slow_download", "seconds": 2})
+        assert fake.faults == [Fault(kind="slow_download", seconds=2)]
+        fake.reset()
+        assert fake.timeline == [] and http.get(f"{fake.base_url}/_fake/timeline").json() == []
+
+
 # --- admin endpoints and running it in another process --------------------------------------------------
 
 

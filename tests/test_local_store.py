@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -21,6 +22,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from clipgen.files import link_or_copy, write_bytes
 from clipgen.stores.base import (
     INTENT_PREFIX,
     THUMBNAIL_BUCKET,
@@ -121,6 +123,57 @@ def test_failed_copy_leaves_nothing_behind(tmp_path: Path) -> None:
     assert _files_under(tmp_path / "data") == []
     with pytest.raises(FileNotFoundError):
         store.signed_url(VIDEO_BUCKET, path)
+
+
+def test_put_object_links_the_stores_own_files_and_copies_others(tmp_path: Path) -> None:
+    """A clip from the work directory (inside the data directory) is linked, not copied: no second 9 MB
+    write per clip. Replacing it the package's way (a new file renamed over it) leaves the stored one as it
+    was. A file from elsewhere (a user's) is copied: writing into it later does not reach the store."""
+    store = LocalStore(tmp_path / "data")
+    job_id = uuid4()
+    work_file = tmp_path / "data" / "work" / str(job_id) / "clip_0.mp4"
+    write_bytes(work_file, b"generated")
+    stored = _url_path(
+        store.put_object(VIDEO_BUCKET, clip_object_path(job_id, 0), work_file, "video/mp4").url
+    )
+    assert stored.stat().st_ino == work_file.stat().st_ino
+    write_bytes(work_file, b"the next attempt's")
+    assert stored.read_bytes() == b"generated"
+    work_file.unlink()  # the flow tidies its work directory; the stored clip stays
+    assert stored.read_bytes() == b"generated"
+    assert _files_under(stored.parent) == [stored]  # no temporary link left
+
+    users = tmp_path / "photo.jpg"
+    users.write_bytes(b"user's")
+    kept = _url_path(store.put_object(VIDEO_BUCKET, clip_object_path(job_id, 1), users, "image/jpeg").url)
+    assert kept.stat().st_ino != users.stat().st_ino
+    users.write_bytes(b"edited in place")
+    assert kept.read_bytes() == b"user's"
+
+
+def test_putting_the_same_linked_file_twice_leaves_no_temporary_name(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "data")
+    source = tmp_path / "data" / "work" / "clip.mp4"
+    write_bytes(source, b"clip")
+    for _ in range(2):  # the second rename is between two links of one file: POSIX makes it a no-op
+        stored = _url_path(store.put_object(VIDEO_BUCKET, "job/clip_0.mp4", source, "video/mp4").url)
+    assert _files_under(stored.parent) == [stored]
+    assert stored.read_bytes() == b"clip"
+
+
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir() or Path("/dev/shm").stat().st_dev == Path(__file__).stat().st_dev,
+    reason="needs a second filesystem (/dev/shm)",
+)
+def test_link_or_copy_copies_across_filesystems(tmp_path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        source = Path(other) / "clip.mp4"
+        source.write_bytes(b"elsewhere")
+        if source.stat().st_dev == tmp_path.stat().st_dev:
+            pytest.skip("tmp_path is on /dev/shm's filesystem")
+        link_or_copy(source, tmp_path / "out" / "clip.mp4")
+    assert (tmp_path / "out" / "clip.mp4").read_bytes() == b"elsewhere"
+    assert _files_under(tmp_path / "out") == [tmp_path / "out" / "clip.mp4"]
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")

@@ -7,11 +7,12 @@ real flow runs, the real Replicate client and the fake Replicate API:
    prediction takes 1 s) is killed with SIGKILL as soon as its first prediction exists: it leaves leases on
    the clips it was working, predictions running on the fake, and intents whose create may or may not have
    made one (a kill in the middle of a create);
-2. three in-process runs of the same job start at once, in threads, just before the kill. Their store
+2. three in-process runs of the same job start at once, in threads, right after the kill. Their store
    starts the outages when they reach them, however long they took to start: the prediction list answers
-   500 for a few seconds from the first run's start, and again from the intent of clip 5, whose create is
-   made but its answer lost (so a lost create is unresolved at first); clip uploads fail for a few seconds
-   from the first upload. Clip 2's first generation fails ("GPU worker lost": transient, not the content).
+   500 for a few seconds from the first run's start, and again from the intent of the clip the CLI had not
+   reached, whose create is made but its answer lost (so a lost create is unresolved at first); clip
+   uploads fail for a few seconds from the first upload. Clip 2's first generation fails ("GPU worker
+   lost": transient, not the content).
    The runs wait for the dead run's leases to expire, take its clips over, and wait for one another;
 3. when they have all ended, one plain run (no faults) lets every clip finish.
 
@@ -63,7 +64,8 @@ LIST_DOWN_S = 6.0  # the prediction list answers 500 for this long, each time it
 STORAGE_DOWN_S = 4.0  # clip uploads fail for this long from the first upload of a concurrent run
 CONCURRENT_RUNS = 3
 FAILED_CLIP = 2  # its first prediction fails with a transient error
-LOST_CLIP = 5  # its create is made, the answer lost (the killed run works clips 0-4 first: concurrency 5)
+# The clip whose create is made and its answer lost: one the killed run never asked for (it works 5 of the 6
+# clips at once, in no set order), chosen after the kill from its ledger (Outages.lost_clip).
 FAILED_GENERATIONS = {FAILED_CLIP: 1}
 LOST_CREATE_UNRESOLVED = "cannot tell whether a lost create made a prediction"
 CLI_START_S = 120.0  # the CLI imports Prefect and starts a flow run before it creates anything
@@ -83,6 +85,7 @@ class Outages:
         self._armed: dict[str, Callable[[], None]] = {}
         self.started: dict[str, float] = {}  # trigger -> when it fired (time.monotonic())
         self.storage_until = 0.0  # clip uploads of the local store fail until then (time.monotonic())
+        self.lost_clip = -1  # see above
 
     def arm(self, **triggers: Callable[[], None]) -> None:
         with self._lock:
@@ -111,7 +114,7 @@ class ChaosLocalStore(LocalStore):
     """The real local store; clip uploads fail (connection reset) while the storage outage lasts."""
 
     def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
-        if record.clip_index == LOST_CLIP:
+        if record.clip_index == OUTAGES.lost_clip:
             OUTAGES.fire("lost create")
         return super().reserve_prediction(record, budget_usd)
 
@@ -127,7 +130,7 @@ class ChaosSupabaseStore(SupabaseStore):
     """The real Supabase store; the storage outage is the gateway's, in front of the real Storage."""
 
     def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
-        if record.clip_index == LOST_CLIP:
+        if record.clip_index == OUTAGES.lost_clip:
             OUTAGES.fire("lost create")
         return super().reserve_prediction(record, budget_usd)
 
@@ -309,8 +312,8 @@ def kill(process: subprocess.Popen[bytes]) -> None:
 
 
 def arm_outages(request: pytest.FixtureRequest, fake: FakeReplicateServer, store: str) -> None:
-    """The list down for LIST_DOWN_S when the first concurrent run starts and when clip 5's create is about
-    to be lost; clip uploads failing for STORAGE_DOWN_S from the first one."""
+    """The list down for LIST_DOWN_S when the first concurrent run starts and when the lost clip's create is
+    about to be lost; clip uploads failing for STORAGE_DOWN_S from the first one."""
 
     def list_down() -> None:
         fake.add_fault(Fault(kind="list_error", status=500, times=-1, lasts_s=LIST_DOWN_S))
@@ -357,15 +360,19 @@ def run_chaos(request: pytest.FixtureRequest, fake: FakeReplicateServer, store: 
     chaos.note("CLI started")
     try:
         wait_for_first_prediction(process, fake, tag, chaos.cli_log)
-        # The CLI has not started clip 5 (5 clips at once, 1 s each): a concurrent run's create of it is lost.
-        fake.add_fault(Fault(kind="reset_after_create", match=clip_marker(tag, LOST_CLIP), times=1))
-        for thread in threads:
-            thread.start()
     finally:
         kill(process)
     chaos.note("CLI killed")
     chaos.killed_with = [p["id"] for p in made(fake, tag)]
-    chaos.killed_ledger = [(r.prediction_id, r.status) for r in ledger(job, store)]
+    rows = ledger(job, store)
+    chaos.killed_ledger = [(r.prediction_id, r.status) for r in rows]
+    # A clip the CLI wrote nothing for: it never sent its create (the intent is written before the create
+    # leaves). It works 5 clips at once, 1 s each, so one is left. A concurrent run's create of it is lost.
+    never_asked = set(range(CLIPS)) - {r.clip_index for r in rows}
+    OUTAGES.lost_clip = max(never_asked - {FAILED_CLIP} or never_asked)  # one fault per clip where it can
+    fake.add_fault(Fault(kind="reset_after_create", match=clip_marker(tag, OUTAGES.lost_clip), times=1))
+    for thread in threads:
+        thread.start()
     for thread in threads:
         thread.join(timeout=RUNS_TIMEOUT_S)
     assert not any(thread.is_alive() for thread in threads), f"runs still going after {RUNS_TIMEOUT_S:g} s"
@@ -432,9 +439,9 @@ def test_runs_of_one_job_through_faults_and_a_kill_pay_once_per_clip(
     rows = ledger(chaos.job, store)
     why = report(chaos, predictions, rows)
     # The scenario happened: the CLI died with the job's predictions made, every fault fired, and the lost
-    # create was unresolved at first (the list was down): an attempt of clip 5 failed for it. The failed
-    # generation may not come: when the killed CLI left an unanswered create for its clip, every attempt
-    # may wait for the list until the faults are cleared for the final run.
+    # create was unresolved at first (the list was down): an attempt of the lost clip failed for it. The
+    # failed generation may not come: when the killed CLI left an unanswered create for its clip, every
+    # attempt may wait for the list until the faults are cleared for the final run.
     assert chaos.killed_with and [f.kind for f in chaos.unfired if f.kind != "fail"] == [], why
     failed_generations = {} if chaos.unfired else FAILED_GENERATIONS
     assert len(chaos.concurrent) == CONCURRENT_RUNS, why
@@ -445,7 +452,7 @@ def test_runs_of_one_job_through_faults_and_a_kill_pay_once_per_clip(
     delivered = any(c.status == "success" for state in chaos.concurrent for c in result_of(state).clips)
     assert {"run started", "lost create"} <= set(OUTAGES.started), why
     assert "first upload" in OUTAGES.started or not delivered, why
-    lost_create = clip_errors(chaos.job, store, LOST_CLIP)
+    lost_create = clip_errors(chaos.job, store, OUTAGES.lost_clip)
     assert any(LOST_CREATE_UNRESOLVED in error for error in lost_create), f"{lost_create}\n{why}"
     results = [result_of(state) for state in [*chaos.concurrent, chaos.final]]
     assert all([c.clip_index for c in result.clips] == list(range(CLIPS)) for result in results), why

@@ -16,13 +16,14 @@ from uuid import UUID, uuid4
 
 import pytest
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.states import Cancelling
 
 from clipgen.settings import Settings
 from clipgen.stores.base import REFERENCE_BUCKET
 from clipgen.stores.local import LocalStore
 from clipgen.stores.supabase import SupabaseStore
 from commands.cli import main
-from staging.fake_replicate.server import FakeReplicateServer
+from staging.fake_replicate.server import FakeReplicateServer, Fault
 from tests.conftest import SupabaseStack
 from tests.photos import make_photo
 from tests.prefect_stack import ON_DEMAND, PrefectStack
@@ -134,6 +135,8 @@ def test_two_queue_runs_on_postgresql_claim_disjoint_jobs(
         "SUPABASE_SERVICE_ROLE_KEY": supabase_stack.service_key,
         "VIDEO_GENERATOR_PROVIDER": "tests.doubles:paced_provider",  # a second per clip: the runs overlap
         "VIDEO_GENERATOR_DATA_DIR": str(tmp_path / "supabase-worker"),
+        # One job at a time per run: a run holding several would claim all six before the other starts.
+        "VIDEO_GENERATOR_QUEUE_JOBS_AT_ONCE": "1",
     }
     prefect_stack.start_worker("queue-supabase", work_queue="queue-supabase", env=env)
     monkeypatch.setenv("SUPABASE_URL", supabase_stack.url)
@@ -262,3 +265,53 @@ def test_submitted_photos_reach_a_worker_on_another_machine_through_supabase(
     assert {r.path.rpartition("clip-references/")[2] for r in read_back} >= {p.object_path for p in photos}
     cached = {p.name for p in (worker_data / "cache" / "references").iterdir()}
     assert cached == {f"sha256-{hashlib.sha256(p.data).hexdigest()}" for p in photos}
+
+
+def test_cancelling_a_queue_run_stops_its_jobs_and_queues_them_again(
+    prefect_stack: PrefectStack, tmp_path: Path
+) -> None:
+    """Two jobs in flight at once on a process worker, their predictions hung; a cancel through the API (as
+    the UI's Cancel button does) cancels the predictions, marks both subflows cancelled and gives both
+    claims back at once, not at lease expiry."""
+    tag = uuid4().hex
+    data_dir = tmp_path / "queue-cancel-data"
+    with FakeReplicateServer(token="queue-cancel", latency_s=0.2) as fake:
+        fake.add_fault(Fault(kind="hang", match=tag, times=-1))
+        env = {
+            "VIDEO_GENERATOR_PROVIDER": "replicate",
+            "REPLICATE_API_TOKEN": "queue-cancel",
+            "REPLICATE_BASE_URL": fake.base_url,
+            "REPLICATE_POLL_INTERVAL": "0.2",
+            "VIDEO_GENERATOR_PREDICTION_LIMIT": "",
+            "VIDEO_GENERATOR_DATA_DIR": str(data_dir),
+            "VIDEO_GENERATOR_QUEUE_JOBS_AT_ONCE": "2",
+        }
+        prefect_stack.start_worker("queue-cancel", work_queue="queue-cancel", env=env)
+        jobs = [job_file(tmp_path, prompt=f"{tag} a hung clip")[0] for _ in range(2)]
+        for job_id in jobs:
+            submitted = prefect_stack.run_cli(
+                "video-generator", "submit", str(tmp_path / f"{job_id}.json"), "--model", "veo-3.1", env=env
+            )
+            assert "queued job" in submitted.stdout
+        run = prefect_stack.create_flow_run(QUEUE, {"max_jobs": 10}, work_queue_name="queue-cancel")
+        deadline = time.monotonic() + 120
+        while len([p for p in fake.predictions if tag in p["input"]["prompt"]]) < 4:  # both jobs' clips
+            assert time.monotonic() < deadline, prefect_stack.flow_run_logs(run.id)
+            time.sleep(0.2)
+
+        with prefect_stack.client() as client:
+            client.set_flow_run_state(run.id, Cancelling(message="cancelled by the test"), force=True)
+        ended = prefect_stack.wait_for_flow_run(run.id, timeout=120)
+
+        assert ended.state is not None and ended.state.is_cancelled(), prefect_stack.flow_run_logs(run.id)
+        statuses = [p["status"] for p in fake.predictions if tag in p["input"]["prompt"]]
+        assert statuses == ["canceled"] * 4, (statuses, prefect_stack.flow_run_logs(run.id))
+    store = LocalStore(data_dir)
+    for job_id in jobs:
+        row = store.queued_job(job_id)
+        assert row is not None and (row.status, row.attempts, row.claim_token) == ("queued", 1, None), row
+        with prefect_stack.client() as client:
+            [subflow] = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"video-clips-{job_id}"]))
+            )
+        assert subflow.state is not None and subflow.state.is_cancelled(), subflow.state

@@ -217,3 +217,76 @@ def test_a_queue_run_that_loses_its_job_stops_working_on_it(
     assert state.message == "1 job: 1 lost"
     stored = [r for r in store().clip_records(UUID(job["job_id"])) if r.status == "success"]
     assert len(stored) <= 1
+
+
+def tagged_job(tag: str, n: int = 2) -> dict[str, Any]:
+    return {
+        "job_id": str(uuid4()),
+        "clip_prompts": [{"clip_index": i, "prompt": f"{tag} clip {i}", "duration": 4.0} for i in range(n)],
+    }
+
+
+def test_a_queue_run_works_on_several_jobs_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oldest job's predictions hang until the others have ended, and a job queued meanwhile has ended
+    too: run one at a time, the others would never start. Read from the fake's record and the store, not
+    from timings."""
+    from staging.fake_replicate.server import FakeReplicateServer, Fault
+
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_JOBS_AT_ONCE", "4")
+    monkeypatch.setenv("VIDEO_GENERATOR_QUEUE_RETRY_DELAY_SECONDS", "3600")
+    monkeypatch.setenv("VIDEO_GENERATOR_PREDICTION_LIMIT", "")
+    slow, quick, failing, late = (
+        tagged_job(tag) for tag in ("slow-job", "quick-job", "failing-job", "late-job")
+    )
+    for job in (slow, quick, failing):  # oldest first: the slow job is claimed first
+        assert submit(tmp_path, job, "--concurrency", "2") == 0
+    with FakeReplicateServer(token="queue-token", latency_s=0.2) as fake:
+        monkeypatch.setenv("REPLICATE_API_TOKEN", "queue-token")
+        monkeypatch.setenv("REPLICATE_BASE_URL", fake.base_url)
+        monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.1")
+        fake.add_fault(
+            Fault(kind="hang", match="slow-job", times=2), Fault(kind="fail", match="failing-job", times=-1)
+        )
+        others_ended_while_slow_hung: list[bool] = []
+
+        def release_the_slow_job() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not _ended(quick, failing):
+                time.sleep(0.1)
+            # The run has room and found the queue empty; it asks again while its jobs run.
+            store().enqueue_job(UUID(late["job_id"]), late, {"model": "veo-3.1", "concurrency": 2})
+            while time.monotonic() < deadline and not (ended := _ended(quick, failing, late)):
+                time.sleep(0.1)
+            hung = [p for p in fake.predictions if "slow-job" in p["input"]["prompt"]]
+            others_ended_while_slow_hung.append(
+                ended and len(hung) == 2 and all(p["status"] == "processing" for p in hung)
+            )
+            for prediction in hung:
+                fake.state.cancel(prediction["id"])
+
+        releaser = threading.Thread(target=release_the_slow_job)
+        releaser.start()
+        state = process_job_queue(provider="replicate", store="local", return_state=True)
+        releaser.join()
+
+        assert others_ended_while_slow_hung == [True]
+        # The slow job's two hung predictions and the next job's first: more than one job's cap of 2.
+        assert fake.max_in_flight >= 3
+    # Each claimed job is finished in the queue: the cancelled predictions were retried and delivered, the
+    # failing job is queued again for its next attempt, as when jobs ran one at a time.
+    assert state.message == "4 jobs: 1 requeued, 3 succeeded"
+    rows = {job["job_id"]: store().queued_job(UUID(job["job_id"])) for job in (slow, quick, failing, late)}
+    assert {key: (row.status, row.attempts) for key, row in rows.items() if row} == {
+        slow["job_id"]: ("succeeded", 1),
+        quick["job_id"]: ("succeeded", 1),
+        failing["job_id"]: ("queued", 1),
+        late["job_id"]: ("succeeded", 1),
+    }
+    failed = rows[failing["job_id"]]
+    assert failed is not None and failed.last_error is not None and "0/2 clips" in failed.last_error
+
+
+def _ended(*jobs: dict[str, Any]) -> bool:
+    """Each job was claimed and its run has ended."""
+    rows = [store().queued_job(UUID(job["job_id"])) for job in jobs]
+    return all(row is not None and row.attempts == 1 and row.status != "running" for row in rows)

@@ -11,7 +11,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,7 @@ from clipgen.providers.replicate import ReplicateProvider
 from clipgen.stores.local import LocalStore
 from clipgen.throttle import AdaptiveLimit, Slot
 from staging.fake_replicate.server import CreateRequest, FakeReplicateServer, Fault
+from tests.waiting import wait_until
 
 
 class Clock:
@@ -214,13 +215,6 @@ def test_misuse_is_refused(clock: Clock) -> None:
 
 
 # --- waiting, with threads and real time ----------------------------------------------------------------
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 def test_places_go_first_come_first_served() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +39,12 @@ class PaidWork(Protocol):
     """The ledger's side of one clip's paid work (clipgen.paid_work.ClipWork). A paid provider calls it at
     each step of a prediction's life, and decides nothing about money itself: what to adopt, whether a
     create may be sent, what is on the bill and what to cancel are the ledger's."""
+
+    def in_flight(self) -> AbstractContextManager[None]:
+        """Hold a slot of the prediction limits while a prediction runs: enter it right before a create (or
+        before following one that is still running) and leave it once the prediction has ended. Its output's
+        download is not in it."""
+        ...
 
     def adoptable(self) -> list[str]:
         """Predictions made for this plan that may still deliver, newest first: re-attach, do not create."""

@@ -38,8 +38,20 @@ class LocalProvider:
         )
 
     def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
-        # Nothing paid: the ledger is not involved, only the clip's lease.
+        # Nothing paid: the ledger is not involved, only the clip's lease, and the run's cap on generations
+        # at once (a render stands for the prediction; it takes no slot of the paid prediction limit).
         work.check()
+        with work.in_flight():
+            self._render(plan, dest)
+        return Generation(
+            metadata={
+                "provider": self.name,
+                "preview": True,
+                "note": f"Local preview rendered in place of {plan.model}; not model output.",
+            }
+        )
+
+    def _render(self, plan: ClipPlan, dest: Path) -> None:
         frame = (plan.width, plan.height)
         scene = self._image(plan.scene_image, frame) if plan.scene_image else None
         card = character_card_size(frame)
@@ -54,13 +66,6 @@ class LocalProvider:
             scene_image=scene,
             character_images=characters,
             caption=f"PREVIEW · local renderer · {plan.model} · clip {plan.clip_index}",
-        )
-        return Generation(
-            metadata={
-                "provider": self.name,
-                "preview": True,
-                "note": f"Local preview rendered in place of {plan.model}; not model output.",
-            }
         )
 
     def cancel(self, prediction_id: str) -> RemoteStatus | None:

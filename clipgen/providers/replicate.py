@@ -28,8 +28,9 @@ typed errors.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -51,6 +52,7 @@ from clipgen.files import atomic_write
 from clipgen.model_inputs import PLACEHOLDER_URI, ModelRequest, build_request
 from clipgen.model_schema import InputSchema
 from clipgen.planning import ClipPlan
+from clipgen.polling import LatencyHistory, next_poll_delay
 from clipgen.providers.base import Generation, Intent, PaidWork, RemoteStatus
 from clipgen.providers.replicate_api import (
     LIVE,
@@ -112,6 +114,9 @@ class ReplicateProvider:
             timeout=httpx.Timeout(30.0, connect=10.0), follow_redirects=True
         )
         self._images = ReferenceUploads(client)
+        self._latencies = LatencyHistory()
+        self._latency_lock = threading.Lock()
+        self._latencies_read = False
 
     def close(self) -> None:
         self._downloads.close()
@@ -131,26 +136,18 @@ class ReplicateProvider:
         return cls(client, poll_interval_s=settings.replicate_poll_interval_seconds, api_transport=transport)
 
     def generate(self, plan: ClipPlan, dest: Path, work: PaidWork) -> Generation:
-        # The slot counts this prediction (re-attached or created) until the clip is delivered or given up.
-        with self.throttle.slot() as slot:
-            prediction = self._adopt(work) or self._recover(plan, work)
-            request: ModelRequest | None = None
-            while True:
-                fresh = prediction is None
-                if prediction is None:
-                    request = request or build_request(plan, self._images.uri)
-                    prediction = self._create(request, work, slot)
-                prediction = self._wait(prediction, plan.timeout_s, work)
-                try:
-                    self._download(output_url(prediction), dest)
-                except OutputGone:
-                    work.ended(prediction.id, "gone")
-                    if fresh:
-                        raise
-                    log.warning("output of %s is gone; creating a new prediction", prediction.id)
-                    prediction = None
-                    continue
-                break
+        request: ModelRequest | None = None
+        while True:
+            prediction, fresh, request = self._ended_prediction(plan, work, request)
+            try:
+                self._download(output_url(prediction), dest)
+            except OutputGone:
+                work.ended(prediction.id, "gone")
+                if fresh:
+                    raise
+                log.warning("output of %s is gone; creating a new prediction", prediction.id)
+                continue
+            break
         notes = (request or build_request(plan, _no_upload)).notes
         return Generation(
             prediction_id=prediction.id,
@@ -161,6 +158,27 @@ class ReplicateProvider:
                 **notes,
             },
         )
+
+    def _ended_prediction(
+        self, plan: ClipPlan, work: PaidWork, request: ModelRequest | None
+    ) -> tuple[RemotePrediction, bool, ModelRequest | None]:
+        """The clip's prediction once it has succeeded: one the ledger names, or one followed to its end; and
+        whether this attempt created it. Only a prediction in flight holds a slot (`work.in_flight`): taken
+        right before the create (its input, images included, is ready by then) or before following one still
+        running, and given back when it ends, before its output is downloaded."""
+        self._learn_latencies()
+        prediction = self._adopt(work) or self._recover(plan, work)
+        if prediction is not None and prediction.status == "succeeded":  # ended: only a download away
+            return self._wait(prediction, plan.timeout_s, work, fresh=False), False, request
+        if prediction is None:
+            request = request or build_request(plan, self._images.uri)
+        # The throttle's slot counts this prediction until it ends; it is fewer than the run's after 429s.
+        with work.in_flight(), self.throttle.slot() as slot:
+            fresh = prediction is None
+            if prediction is None:
+                assert request is not None
+                prediction = self._create(request, work, slot)
+            return self._wait(prediction, plan.timeout_s, work, fresh), fresh, request
 
     def model_schema(self, model: str) -> InputSchema:
         """The model's latest published input schema (`GET /v1/models/{owner}/{name}`), read as plain JSON.
@@ -340,8 +358,14 @@ class ReplicateProvider:
         typed. The client's own models are not used to read it (see the module's docstring)."""
         return typed(lambda: self._client._request(method, path).json())
 
-    def _wait(self, prediction: RemotePrediction, timeout_s: float, work: PaidWork) -> RemotePrediction:
+    def _wait(
+        self, prediction: RemotePrediction, timeout_s: float, work: PaidWork, fresh: bool
+    ) -> RemotePrediction:
+        """Poll until the prediction ends (clipgen.polling: often near its model's expected end, rarely
+        before); past the clip's deadline it is canceled. Raises unless it succeeded."""
+        began = time.monotonic() - (0.0 if fresh else _age_s(prediction))
         deadline = time.monotonic() + timeout_s
+        expected = self._latencies.expected(prediction.model)
         while prediction.status not in TERMINAL:
             work.check()
             remaining = deadline - time.monotonic()
@@ -349,15 +373,37 @@ class ReplicateProvider:
                 reason = f"prediction {prediction.id} still {prediction.status} after {timeout_s:g} s"
                 work.give_up(prediction.id, reason)
                 raise TransientError(f"{reason}; canceled it")
-            time.sleep(min(self._poll_interval_s, remaining))
+            delay = next_poll_delay(time.monotonic() - began, expected, self._poll_interval_s)
+            time.sleep(min(delay, remaining))
             prediction = self._get(prediction.id)
         error = error_text(prediction)
         work.ended(prediction.id, ended_status(prediction.status), error)
         if prediction.status == "succeeded":
+            self._latencies.add(prediction.model, prediction.latency_s())
             return prediction
         if prediction.status == "failed":
             raise prediction_error(prediction.id, error)
         raise TransientError(f"prediction {prediction.id} was {prediction.status}")
+
+    def _learn_latencies(self) -> None:
+        """Once per provider: the models' latencies from the account's latest page of predictions, so a run's
+        first predictions are polled by them too. Best effort: without them, polls keep the base interval."""
+        with self._latency_lock:
+            if self._latencies_read:
+                return
+            self._latencies_read = True
+            try:
+                page = PredictionPage.model_validate(self._call("GET", "/v1/predictions"))
+            except (GenerationError, ValueError) as exc:
+                log.info(
+                    "could not read recent predictions' latencies (%s); polling every %g s",
+                    exc,
+                    self._poll_interval_s,
+                )
+                return
+            for past in page.results:
+                if past.status == "succeeded":
+                    self._latencies.add(past.model, past.latency_s())
 
     def _download(self, url: str, dest: Path) -> None:
         """Stream the output to `dest` (atomically), retrying failures in place against the same URL: it is
@@ -374,6 +420,14 @@ class ReplicateProvider:
             )
         except (httpx.HTTPError, OSError) as exc:
             raise TransientError(f"downloading {url} failed {DOWNLOAD_ATTEMPTS} times: {exc!r}") from exc
+
+
+def _age_s(prediction: RemotePrediction) -> float:
+    """How long ago a prediction we did not create was created (0 when unknown)."""
+    try:
+        return max(0.0, (datetime.now(UTC) - prediction.created()).total_seconds())
+    except ValueError:
+        return 0.0
 
 
 def _no_upload(path: str, aspect_ratio: str, max_size: tuple[int, int]) -> str:

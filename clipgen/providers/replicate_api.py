@@ -92,11 +92,25 @@ class RemotePrediction(BaseModel):
     output: Any = None
     error: Any = None
     created_at: str | None = None
+    completed_at: str | None = None
     metrics: dict[str, Any] | None = None
 
     def created(self) -> datetime:
-        created = datetime.fromisoformat(str(self.created_at).replace("Z", "+00:00"))
-        return created if created.tzinfo else created.replace(tzinfo=UTC)
+        return _moment(self.created_at)
+
+    def latency_s(self) -> float | None:
+        """Seconds from its create to its end on Replicate's clock, once it has ended (None: unknown)."""
+        if not self.created_at or not self.completed_at:
+            return None
+        try:
+            return (_moment(self.completed_at) - _moment(self.created_at)).total_seconds()
+        except ValueError:
+            return None
+
+
+def _moment(text: str | None) -> datetime:
+    moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class PredictionPage(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from uuid import UUID
 
-from clipgen.files import copy_file
+from clipgen.files import copy_file, link_or_copy
 from clipgen.stores.base import (
     BUCKETS,
     ClipRecord,
@@ -103,8 +103,20 @@ class LocalStore(LocalJobQueue):
         # content_type only matters to HTTP-serving stores; a local file has none to keep.
         dest = self._object_path(bucket, path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        copy_file(source, dest)
+        if self._own_file(source):
+            link_or_copy(source, dest)
+        else:
+            copy_file(source, dest)
         return StoredObject(bucket=bucket, path=path, url=self.signed_url(bucket, path))
+
+    def _own_file(self, source: Path) -> bool:
+        """Whether `source` lies in this store's data directory (the flow's work directory is there): a
+        file the package wrote through clipgen.files, never in place, so the store may link it instead of
+        copying it. A file of the user's (a reference image, say) is copied: they may edit it in place."""
+        try:
+            return source.resolve(strict=True).is_relative_to(self.data_dir.resolve())
+        except OSError:
+            return False  # missing: copy_file says so
 
     def signed_url(self, bucket: str, path: str) -> str:
         target = self._object_path(bucket, path)
@@ -170,7 +182,7 @@ class LocalStore(LocalJobQueue):
         return [ThumbnailRecord.model_validate(row) for row in rows]
 
     def record_prediction(self, record: PredictionRecord) -> None:
-        with closing(self._connect()) as conn, conn:
+        with closing(self._connect(durable=True)) as conn, conn:
             conn.execute(_UPSERT_PREDICTION, _prediction_params(record))
 
     def predictions(self, job_id: UUID) -> list[PredictionRecord]:
@@ -190,11 +202,12 @@ class LocalStore(LocalJobQueue):
 
     # -- paid work: budget reservations on the ledger, clip leases ------------------------------------
     # Each call is one _write() transaction, so two runs of a job can neither both take the last of its
-    # budget nor both take one clip. Times are this machine's clock (UTC, _TIME_FORMAT: text order is time
-    # order), which every process sharing this file shares.
+    # budget nor both take one clip. The ledger's writes are durable (synced before they return): they
+    # record money. Times are this machine's clock (UTC, _TIME_FORMAT: text order is time order), which
+    # every process sharing this file shares.
 
     def reserve_prediction(self, record: PredictionRecord, budget_usd: float | None) -> bool:
-        with closing(self._write()) as conn, conn:
+        with closing(self._write(durable=True)) as conn, conn:
             if _has_prediction(conn, record.prediction_id):
                 return True  # a repeated call: this intent was reserved already (the Supabase store's retry)
             committed = _committed_spend(conn, record.job_id)
@@ -205,7 +218,7 @@ class LocalStore(LocalJobQueue):
 
     def resolve_intent(self, intent_id: str, record: PredictionRecord) -> None:
         params = _prediction_params(record)
-        with closing(self._write()) as conn, conn:
+        with closing(self._write(durable=True)) as conn, conn:
             new = intent_id != record.prediction_id and not _has_prediction(conn, record.prediction_id)
             # A new prediction takes over its intent's row: the row's id (place on the ledger) and created_at.
             if new and conn.execute(_RESOLVE_INTENT, {**params, "intent_id": intent_id}).rowcount == 1:

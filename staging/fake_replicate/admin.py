@@ -22,6 +22,11 @@ def add_admin_routes(app: FastAPI, state: FakeState) -> None:
     async def read_state() -> dict[str, Any]:
         return state.snapshot()
 
+    @app.get("/_fake/timeline")
+    async def read_timeline() -> list[dict[str, Any]]:
+        """Predictions created and ended, and downloads of their outputs started and finished, in order."""
+        return [event.as_json() for event in state.timeline.events()]
+
     @app.get("/_fake/predictions/{prediction_id}")
     async def read_prediction(prediction_id: str) -> dict[str, Any]:
         return found(state.record(prediction_id))

@@ -8,8 +8,10 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.types import Message, Receive, Scope, Send
 
 from staging.fake_replicate.admin import add_admin_routes
 from staging.fake_replicate.answers import NOT_FOUND, ApiError, found, invalid, read_json_object
@@ -74,8 +77,8 @@ def create_app(state: FakeState) -> FastAPI:
             prompt = str(values.get("prompt", "")) if isinstance(values, dict) else ""
             fault = state.faults.take_create_fault(prompt)
             if fault is not None and fault.kind == "connection_reset":
-                state.record_reset()
-                state.log_create(arrived, 0)
+                state.counts.record_reset()
+                state.counts.log_create(arrived, 0)
                 return DropConnection()
             if fault is not None and fault.kind != "reset_after_create":
                 raise _fault_error(fault)
@@ -87,14 +90,14 @@ def create_app(state: FakeState) -> FastAPI:
                 raise invalid(problems)
             cancel_after = _cancel_after(request.headers.get("cancel-after"))
         except ApiError as exc:
-            state.reject(exc.status)
-            state.log_create(arrived, exc.status)
+            state.counts.reject(exc.status)
+            state.counts.log_create(arrived, exc.status)
             raise
         assert isinstance(values, dict)
         prediction = state.create(schema, values, base_url(request), cancel_after_s=cancel_after)
         if fault is not None:  # reset_after_create: made (and billed), but the answer never arrives
-            state.record_reset()
-            state.log_create(arrived, 0)
+            state.counts.record_reset()
+            state.counts.log_create(arrived, 0)
             return DropConnection()
         wait = _prefer_wait(request.headers.get("prefer", ""))
         deadline = time.monotonic() + wait
@@ -102,7 +105,7 @@ def create_app(state: FakeState) -> FastAPI:
             await asyncio.sleep(0.02)
         if wait:
             prediction = state.get(prediction["id"]) or prediction
-        state.log_create(arrived, 201)
+        state.counts.log_create(arrived, 201)
         return JSONResponse(prediction, 201)
 
     @app.post("/v1/models/{owner}/{name}/predictions")
@@ -147,12 +150,17 @@ def create_app(state: FakeState) -> FastAPI:
     @app.api_route("/_fake/outputs/{name}", methods=["GET", "HEAD"])
     async def output(name: str, request: Request) -> Response:
         # Delivery URLs are signed links on Replicate: no token needed.
-        answer = state.open_output(name.removesuffix(".mp4"), count=request.method == "GET")
-        if answer == 404:
+        prediction_id, download = name.removesuffix(".mp4"), request.method == "GET"
+        answer = state.open_output(prediction_id, count=download)
+        if answer.hold_s:
+            await asyncio.sleep(answer.hold_s)
+        if answer.status == 404:
             raise ApiError(404, NOT_FOUND)
-        if isinstance(answer, int):
-            raise ApiError(answer, "Internal Server Error")
-        return FileResponse(answer, media_type="video/mp4")
+        if answer.path is None:
+            raise ApiError(answer.status, "Internal Server Error")
+        if not download:
+            return FileResponse(answer.path, media_type="video/mp4")
+        return _Delivery(answer.path, lambda: state.output_sent(prediction_id))
 
     # --- models -----------------------------------------------------------------------------------------
 
@@ -230,6 +238,23 @@ def create_app(state: FakeState) -> FastAPI:
 
     add_admin_routes(app, state)
     return app
+
+
+class _Delivery(FileResponse):
+    """An output file whose download is noted as finished just before its last bytes go out: nothing the
+    client does after reading them can come before that note on the timeline."""
+
+    def __init__(self, path: Path, on_last_bytes: Callable[[], None]) -> None:
+        super().__init__(path, media_type="video/mp4")
+        self._on_last_bytes = on_last_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self._on_last_bytes()
+            await send(message)
+
+        await super().__call__(scope, receive, sending)
 
 
 def _schema_for(state: FakeState, body: dict[str, Any], model: str | None) -> ModelSchema:

@@ -21,6 +21,7 @@ FaultKind = Literal[
     "corrupt",
     "expired",
     "download_error",
+    "slow_download",
     "list_error",
     "model_error",
     "abort",
@@ -31,7 +32,7 @@ FaultKind = Literal[
 CREATE_FAULTS: frozenset[str] = frozenset(
     {"rate_limit", "server_error", "connection_reset", "reset_after_create"}
 )
-DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error"})
+DOWNLOAD_FAULTS: frozenset[str] = frozenset({"download_error", "slow_download"})
 LIST_FAULTS: frozenset[str] = frozenset({"list_error"})
 MODEL_FAULTS: frozenset[str] = frozenset({"model_error"})
 _ANSWERING = CREATE_FAULTS | DOWNLOAD_FAULTS | LIST_FAULTS | MODEL_FAULTS
@@ -49,6 +50,9 @@ class Fault(BaseModel):
     - short: the output is half as long.          - corrupt: the output is not a decodable video.
     - expired: the output URL answers 404.        - latency: processing takes `seconds`.
     - download_error: a download of the output answers 500 (the next one is fine unless `times` > 1).
+    - slow_download: a download of the output is held open for `seconds`, then answered with the whole file
+      (status, headers and bytes all come after the wait), as from a slow delivery link. The timeline shows
+      the download started when it arrived and finished once its last byte was sent.
     - list_error: `GET /v1/predictions` (the list, any page) answers `status` (500/502/503/504) with a
       problem+json body. It concerns no prediction, so `match` must be None. The replicate client retries
       a GET that gets 503 or 504 by itself (up to 10 attempts, backing off from 0.1 s), so only 500 and 502
@@ -61,8 +65,8 @@ class Fault(BaseModel):
       no `started_at`, empty metrics, not billed. replicate 1.0.7 cannot parse that status: `get()` of
       it, and `list()` of any page holding it, raise `pydantic.v1.ValidationError`.
     `match` limits the fault to predictions whose input `prompt` contains it; `times` is how often it
-    fires (-1: always): creates answered, predictions affected, or (download_error, list_error) downloads
-    or list requests answered.
+    fires (-1: always): creates answered, predictions affected, or (download_error, slow_download,
+    list_error) downloads or list requests answered.
     `lasts_s` ends the fault that many seconds after it is added, whatever is left of `times` (a 429 storm:
     `Fault(kind="rate_limit", times=-1, lasts_s=3)` answers every create for 3 s).
     """

@@ -10,14 +10,16 @@ from typing import Any
 import uvicorn
 
 from staging.fake_replicate.app import create_app
+from staging.fake_replicate.counters import CreateRequest
 from staging.fake_replicate.faults import Fault
 from staging.fake_replicate.openapi import model_json
 from staging.fake_replicate.renders import RenderCache
 from staging.fake_replicate.schemas import ModelSchema, read_schema
-from staging.fake_replicate.state import CreateRequest, FakeState
+from staging.fake_replicate.state import FakeState
+from staging.fake_replicate.timeline import FakeEvent
 from staging.serving import ResettableH11Protocol, ServerThread
 
-__all__ = ["CreateRequest", "FakeReplicateServer", "Fault", "serve"]
+__all__ = ["CreateRequest", "FakeEvent", "FakeReplicateServer", "Fault", "serve"]
 
 
 def _config(state: FakeState, **options: Any) -> uvicorn.Config:
@@ -147,7 +149,7 @@ class FakeReplicateServer:
     @property
     def creates(self) -> int:
         """Predictions actually created (rejected creates are not counted)."""
-        return self.state.creates
+        return self.state.counts.creates
 
     @property
     def billed(self) -> int:
@@ -158,16 +160,16 @@ class FakeReplicateServer:
     @property
     def rejected_creates(self) -> dict[int, int]:
         """Create requests answered with an error and nothing created, by HTTP status."""
-        return dict(self.state.rejected)
+        return dict(self.state.counts.rejected)
 
     @property
     def connection_resets(self) -> int:
-        return self.state.connection_resets
+        return self.state.counts.connection_resets
 
     @property
     def cancels(self) -> int:
         """Cancel requests for known predictions (including ones already finished)."""
-        return self.state.cancels
+        return self.state.counts.cancels
 
     @property
     def uploads(self) -> int:
@@ -175,23 +177,30 @@ class FakeReplicateServer:
 
     @property
     def in_flight(self) -> int:
-        return self.state.in_flight
+        return self.state.counts.in_flight
 
     @property
     def max_in_flight(self) -> int:
         """The most predictions that were starting or processing at the same time."""
-        return self.state.max_in_flight
+        return self.state.counts.max_in_flight
 
     @property
     def create_requests(self) -> list[CreateRequest]:
         """Every create request in the order answered (the last 10,000), with when it arrived, when it
         was answered (time.monotonic(), this process's clock) and the status it got."""
-        return self.state.create_log()
+        return self.state.counts.create_log()
 
     @property
     def in_flight_series(self) -> list[tuple[float, int]]:
         """(time.monotonic(), predictions in flight) after every change since the start or reset."""
-        return self.state.in_flight_history()
+        return self.state.counts.in_flight_history()
+
+    @property
+    def timeline(self) -> list[FakeEvent]:
+        """What happened to predictions, oldest first (the last 10,000 events): each created and ended,
+        each download of its output started and finished, with the predictions in flight just after. Read
+        the order, e.g. whether one clip's prediction was created while another's output was downloading."""
+        return self.state.timeline.events()
 
     @property
     def latency_s(self) -> float:

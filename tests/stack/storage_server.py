@@ -52,7 +52,22 @@ class StorageUnavailable(RuntimeError):
 
 def storage_source() -> Path:
     configured = os.environ.get(SOURCE_SETTING)
-    return Path(configured).expanduser().resolve() if configured else DEFAULT_SOURCE.resolve()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return next((s for s in _default_sources() if (s / "package.json").is_file()), DEFAULT_SOURCE).resolve()
+
+
+def _default_sources() -> list[Path]:
+    """Beside this checkout, else beside the checkout it was cloned from (`git clone . /tmp/x` keeps the
+    origin's path, so a scratch clone still finds the shared source without setting anything)."""
+    sources = [DEFAULT_SOURCE]
+    found = subprocess.run(
+        ["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True, text=True, check=False
+    )
+    origin = Path(found.stdout.strip())
+    if found.returncode == 0 and origin.is_absolute() and origin.is_dir():
+        sources.append(origin.resolve().parent / "shared" / "supabase-storage" / "source")
+    return sources
 
 
 def check_prerequisites(source: Path) -> None:
