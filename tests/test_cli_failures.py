@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
@@ -164,15 +166,28 @@ def test_store_that_refuses_the_key(tmp_path: Path, supabase_stack: SupabaseStac
     assert_explained(done, EXIT_STORE_UNAVAILABLE, "refused the first request", "SUPABASE_SERVICE_ROLE_KEY")
 
 
+@contextmanager
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children started here get SIGINT as in a terminal. A test run started in the background (`cmd &`,
+    `nohup`) may ignore SIGINT, and an ignored signal stays ignored across exec: the command then never sees
+    the Ctrl-C (a clean-clone CI run started so: the job finished, exit 0). A handled one is reset at exec."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_interrupted_while_prefect_starts(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        command("run", str(small_job(tmp_path / "job.json"))),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=clean_env(tmp_path / "home", tmp_path / "data"),
-    )
+    with ctrl_c_reaches_children():
+        process = subprocess.Popen(
+            command("run", str(small_job(tmp_path / "job.json"))),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env=clean_env(tmp_path / "home", tmp_path / "data"),
+        )
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith("starting a temporary Prefect server"):
