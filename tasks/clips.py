@@ -100,10 +100,9 @@ def prediction_slot(limit: str | None, flow_run_id: UUID) -> Callable[[], Abstra
 
     Prefect leases the slot and renews it while it is held, so a crashed process gives it back. A clip done
     with its slot lends it to the next clip of this process that waits (clipgen/slot_lending.py), so the
-    next create waits for no lease written on the server. Whether the
-    limit exists is asked at the first slot, so a run that pays for nothing never asks; a limit that does not
-    exist is skipped, with one warning per run that names the command creating it (Prefect would warn at
-    every slot).
+    next create waits for no lease written on the server. Whether the limit exists is asked at the first
+    slot, so a run that pays for nothing never asks; a limit that does not exist is skipped, with one warning
+    per run that names the command creating it (Prefect would warn at every slot).
     """
 
     def slot() -> AbstractContextManager[object]:
